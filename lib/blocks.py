@@ -1,0 +1,231 @@
+"""Every zoo model as a sequence of residual units.
+
+Park & Kim walk a network as ``[embed, unit, unit, ..., head]``: one unit per MSA and per MLP
+sub-layer in a transformer, one per basic block in a ResNet. :func:`blocks` returns exactly that
+list for any zoo model, and applying the units in order reproduces ``model(x)`` bit for bit (the
+units call the model's own sub-modules in the model's own order). Fourier analysis, feature-map
+variance, lesions, CKA and the shading of plots all walk this one list.
+
+What flows between units: an image-shaped map ``(B, C, H, W)`` in CNNs and AlterNet, and a token
+sequence ``(B, 1 + H*W, D)`` with the CLS token first in the transformers (PiT included: its
+units carry the CLS token in front of the flattened grid). :func:`as_grid` turns either into a
+spatial map.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .models import Classifier, MSABlock, PreActResNet
+
+KINDS: tuple[str, ...] = ("embed", "conv", "msa", "mlp", "pool", "head")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One unit of a model.
+
+    ``kind`` is one of :data:`KINDS`; ``stage`` counts resolution stages from 0 (the embedding is
+    in stage 0, the head in the last stage). ``residual`` is True when the unit computes
+    ``x + module.branch(x)`` with an identity shortcut, so that lesioning it means skipping it.
+    """
+
+    name: str
+    kind: str
+    module: nn.Module
+    stage: int = 0
+    residual: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+class _Unit(nn.Module):
+    """A view onto sub-modules of a model; holds no parameters of its own."""
+
+
+class _NormalizedStem(_Unit):
+    def __init__(self, model: Classifier):
+        super().__init__()
+        self.normalize, self.stem = model.normalize, model.net.stem
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(self.normalize(x))
+
+
+class _ResNetHead(_Unit):
+    def __init__(self, net: PreActResNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(x)
+
+
+class _ConvUnit(_Unit):
+    """A pre-activation block with an identity shortcut: ``x + branch(x)``."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.block, MSABlock):
+            return self.block.branch(self.block.norm(x))
+        b = self.block
+        return b.drop_path(b.conv2(b.norm2(b.conv1(b.norm1(x)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class _TokenResidual(_Unit):
+    """One pre-norm transformer sub-layer: ``x + drop_path(ls(fn(norm(x))))``."""
+
+    def __init__(self, norm: nn.Module, fn: nn.Module, ls: nn.Module, drop_path: nn.Module):
+        super().__init__()
+        self.norm, self.fn, self.ls, self.drop_path = norm, fn, ls, drop_path
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop_path(self.ls(self.fn(self.norm(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+
+def _transformer_units(block: nn.Module, prefix: str, stage: int) -> list[Block]:
+    msa = _TokenResidual(block.norm1, block.attn, block.ls1, block.drop_path1)
+    mlp = _TokenResidual(block.norm2, block.mlp, block.ls2, block.drop_path2)
+    return [Block(f"{prefix}.msa", "msa", msa, stage, True),
+            Block(f"{prefix}.mlp", "mlp", mlp, stage, True)]
+
+
+class _ViTEmbed(_Unit):
+    def __init__(self, model: Classifier):
+        super().__init__()
+        self.normalize, self.vit = model.normalize, model.net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.vit
+        return v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(self.normalize(x)))))
+
+
+class _ViTHead(_Unit):
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit.forward_head(self.vit.norm(x))
+
+
+class _PiTEmbed(_Unit):
+    def __init__(self, model: Classifier):
+        super().__init__()
+        self.normalize, self.pit = model.normalize, model.net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.pit
+        grid = p.pos_drop(p.patch_embed(self.normalize(x)) + p.pos_embed)
+        cls = p.cls_token.expand(grid.shape[0], -1, -1)
+        return p.transformers[0].norm(torch.cat((cls, grid.flatten(2).transpose(1, 2)), dim=1))
+
+
+class _PiTPool(_Unit):
+    """PiT's pooling between stages: depthwise strided conv on the grid, linear map on CLS."""
+
+    def __init__(self, stage: nn.Module):
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls, grid = x[:, :1], as_grid(x)
+        grid, cls = self.stage.pool(grid, cls)
+        return self.stage.norm(torch.cat((cls, grid.flatten(2).transpose(1, 2)), dim=1))
+
+
+class _PiTHead(_Unit):
+    def __init__(self, pit: nn.Module):
+        super().__init__()
+        self.pit = pit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pit.forward_head(self.pit.norm(x[:, :1]))
+
+
+def _resnet_blocks(model: Classifier) -> list[Block]:
+    net: PreActResNet = model.net
+    out = [Block("stem", "embed", _NormalizedStem(model), 0)]
+    for s, stage in enumerate(net.stages):
+        for i, blk in enumerate(stage):
+            kind = "msa" if isinstance(blk, MSABlock) else "conv"
+            out.append(Block(f"stage{s + 1}.{i}.{kind}", kind, _ConvUnit(blk), s, blk.downsample is None))
+    out.append(Block("head", "head", _ResNetHead(net), len(net.stages) - 1))
+    return out
+
+
+def _vit_blocks(model: Classifier) -> list[Block]:
+    vit = model.net
+    out = [Block("embed", "embed", _ViTEmbed(model), 0)]
+    for i, blk in enumerate(vit.blocks):
+        out += _transformer_units(blk, f"block{i}", 0)
+    out.append(Block("head", "head", _ViTHead(vit), 0))
+    return out
+
+
+def _pit_blocks(model: Classifier) -> list[Block]:
+    pit = model.net
+    out = [Block("embed", "embed", _PiTEmbed(model), 0)]
+    for s, stage in enumerate(pit.transformers):
+        if stage.pool is not None:
+            out.append(Block(f"stage{s + 1}.pool", "pool", _PiTPool(stage), s))
+        for i, blk in enumerate(stage.blocks):
+            out += _transformer_units(blk, f"stage{s + 1}.{i}", s)
+    out.append(Block("head", "head", _PiTHead(pit), len(pit.transformers) - 1))
+    return out
+
+
+def blocks(model: nn.Module) -> list[Block]:
+    """The model as its sequence of residual units (see the module docstring).
+
+    Raises ``TypeError`` for anything that is not a zoo :class:`~lib.models.Classifier`.
+    """
+    if not isinstance(model, Classifier):
+        raise TypeError(f"blocks() needs a zoo model built by lib.models.build, got {type(model).__name__}")
+    if isinstance(model.net, PreActResNet):
+        return _resnet_blocks(model)
+    if model.arch.startswith("vit"):
+        return _vit_blocks(model)
+    if model.arch == "pit":
+        return _pit_blocks(model)
+    raise TypeError(f"no block decomposition for architecture {model.arch!r}")
+
+
+def run_blocks(units: list[Block], x: torch.Tensor, keep: bool = False
+               ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """Apply ``units`` in order; with ``keep=True`` also return every unit's output."""
+    outputs = []
+    for unit in units:
+        x = unit(x)
+        if keep:
+            outputs.append(x)
+    return (x, outputs) if keep else x
+
+
+def as_grid(x: torch.Tensor) -> torch.Tensor:
+    """A unit's output as a spatial map ``(B, C, H, W)``.
+
+    Maps pass through; token sequences ``(B, N, D)`` lose their prefix (CLS) tokens, found as
+    ``N - side**2`` for the largest square grid that fits, and are reshaped to the square grid.
+    Logits (2-D) have no spatial extent and raise ``ValueError``.
+    """
+    if x.ndim == 4:
+        return x
+    if x.ndim != 3:
+        raise ValueError(f"expected a (B, C, H, W) map or (B, N, D) tokens, got shape {tuple(x.shape)}")
+    b, n, d = x.shape
+    side = math.isqrt(n)
+    return x[:, n - side * side:].transpose(1, 2).reshape(b, d, side, side)

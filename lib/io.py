@@ -1,0 +1,50 @@
+"""Atomic file writes: a reader never sees a half-written checkpoint, manifest or result.
+
+Each writer writes to a temporary file in the destination's folder, flushes it to disk and
+renames it over the destination (``os.replace`` is atomic on one file system). If anything fails
+in between, the temporary file is removed and the destination is untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def _atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, dest)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write(dest: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` and move the result to ``dest`` atomically."""
+    with _atomic_path(dest) as tmp:
+        write(tmp)
+    return Path(dest)
+
+
+def atomic_torch_save(obj: Any, dest: str | os.PathLike) -> Path:
+    """``torch.save(obj, dest)``, atomically."""
+    return atomic_write(dest, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_json(obj: Any, dest: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON (stable diffs), atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    return atomic_write(dest, lambda tmp: tmp.write_text(text))
