@@ -1,0 +1,123 @@
+"""Zoo architectures: shapes, sizes, errors, fused vs explicit attention, and real locality."""
+import pytest
+import torch
+
+from lib import blocks as B
+from lib import models
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_shapes_and_size(name, images):
+    torch.manual_seed(0)
+    model = models.build(name).eval()
+    assert model(images).shape == (4, 10)
+    assert 0.6e6 < models.count_parameters(model) < 1.3e6  # "about 1M parameters each"
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_other_input_shapes(name):
+    """CIFAR-shaped inputs (3x32x32, 100 classes) build and run too."""
+    model = models.build(name, in_chans=3, num_classes=100, img_size=32).eval()
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ValueError, match="unknown model 'vgg'.*resnet.*pit"):
+        models.build("vgg")
+
+
+@pytest.mark.parametrize("bad", [dict(in_chans=0), dict(num_classes=-1), dict(img_size=2.5),
+                                 dict(mean=[0.1, 0.2]), dict(layout="CX,CC,CC")])
+def test_bad_build_arguments(bad):
+    with pytest.raises(ValueError):
+        models.build("resnet", **bad)
+
+
+def test_layout_only_for_convnets():
+    with pytest.raises(ValueError, match="layout applies only"):
+        models.build("vit", layout="CC,CM,CM")
+
+
+def test_alternet_layout_places_msa_blocks():
+    model = models.build("alternet")
+    kinds = [b.kind for b in B.blocks(model)]
+    assert kinds == ["embed", "conv", "conv", "conv", "msa", "conv", "msa", "head"]
+    start = models.build("resnet", layout="CC,MC,MC")  # MSA at the start of a stage (with stride)
+    assert [b.kind for b in B.blocks(start)][1:-1] == ["conv", "conv", "msa", "conv", "msa", "conv"]
+    assert start(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["vit", "vit_local3", "alternet", "pit"])
+def test_fused_and_explicit_attention_agree(name, images):
+    torch.manual_seed(0)
+    model = models.build(name).eval()
+    assert all(not m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+    explicit = model(images)
+    models.set_fused_attn(model, True)
+    assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+    torch.testing.assert_close(model(images), explicit, atol=1e-5, rtol=1e-5)
+
+
+def test_explicit_attention_has_double_backward(images):
+    """Hessian-vector products need second derivatives through attention."""
+    model = models.build("vit").eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = model(images).logsumexp(1).mean()
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    hv = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
+    assert all(torch.isfinite(h).all() for h in hv)
+
+
+def test_neighbourhood_mask():
+    mask = models.neighbourhood_mask(grid=7, window=3)
+    assert mask.shape == (50, 50)
+    assert mask[0].all()                      # CLS sees everything
+    assert not mask[1:, 0].any()              # patches do not see CLS
+    assert mask[1:, 1:].sum(1).tolist()[:3] == [4, 6, 6]  # corner 2x2, edge 2x3
+    centre = 1 + 3 * 7 + 3
+    assert mask[centre, 1:].sum() == 9
+    with pytest.raises(ValueError, match="odd"):
+        models.neighbourhood_mask(7, 4)
+
+
+def _first_msa_output(model, tokens):
+    msa = B.blocks(model)[1]
+    assert msa.kind == "msa"
+    return msa(tokens)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("name,window", [("vit_local3", 3), ("vit_local5", 5)])
+def test_local_attention_really_is_local(name, window, fused):
+    """Perturbing a token outside a query's window leaves that query's output unchanged."""
+    torch.manual_seed(0)
+    model = models.set_fused_attn(models.build(name).eval(), fused)
+    with torch.no_grad():
+        tokens = B.blocks(model)[0](torch.rand(2, 1, 28, 28))
+        r = window // 2
+        query = 1 + 3 * 7 + 3            # the centre patch (row 3, column 3); token 0 is CLS
+        inside = query + r               # same row, last column inside the window
+        outside = query + r + 1          # same row, first column past the window
+        base = _first_msa_output(model, tokens)
+        for token, should_change in ((outside, False), (inside, True), (0, False)):
+            perturbed = tokens.clone()
+            perturbed[:, token] += 5.0 * torch.randn_like(perturbed[:, token])
+            out = _first_msa_output(model, perturbed)
+            changed = not torch.equal(out[:, query], base[:, query])
+            assert changed == should_change, f"token {token}"
+
+
+def test_global_vit_is_not_local():
+    torch.manual_seed(0)
+    model = models.build("vit").eval()
+    with torch.no_grad():
+        tokens = B.blocks(model)[0](torch.rand(2, 1, 28, 28))
+        base = _first_msa_output(model, tokens)
+        perturbed = tokens.clone()
+        perturbed[:, 49] += 5.0 * torch.randn_like(perturbed[:, 49])  # the far corner patch
+        assert not torch.allclose(_first_msa_output(model, perturbed)[:, 1], base[:, 1])

@@ -1,0 +1,138 @@
+"""Training: the recipe lowers the loss, resume is exact, DDP matches one process, bad input fails."""
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib import data, models, train
+
+REPO = Path(__file__).resolve().parent.parent
+# Small, fast and deterministic: no augmentation or drop-path noise unless a test asks for it.
+TINY = train.Recipe(epochs=2, warmup_epochs=1, batch_size=256, lr=2e-3, drop_path=0.0, augment=False)
+
+
+def test_two_steps_lower_the_loss():
+    recipe = replace(TINY, epochs=1, warmup_epochs=0, batch_size=512, lr=5e-3, label_smoothing=0.0)
+    x, y = data.load("synthetic")
+    record = train.train("resnet", "synthetic", recipe=recipe, seed=0, progress=False)
+    torch.manual_seed(0)
+    before = models.build("resnet", **record["build"]).eval()
+    after = models.build("resnet", **record["build"])
+    train.load_half_state_dict(after, record["weights"])
+    after.eval()
+    with torch.no_grad():
+        loss_before = F.cross_entropy(before(x), y).item()
+        loss_after = F.cross_entropy(after(x), y).item()
+    assert len(x) // recipe.batch_size == 2  # two optimisation steps
+    assert loss_after < loss_before - 0.05
+
+
+def test_record_has_full_provenance(tmp_path):
+    out = tmp_path / "vit.pt"
+    record = train.train("vit", "synthetic", subset=0.5, recipe=TINY, seed=3, out=out, progress=False)
+    for key in ("model", "build", "dataset", "subset", "recipe", "seed", "history", "device", "torch",
+                "timm", "wall_time_s", "images_per_s", "test_acc", "test_nll", "status", "params"):
+        assert key in record, key
+    assert record["status"] == "provisional" and record["subset"] == 0.5 and record["seed"] == 3
+    assert record["n_train"] == len(data.load("synthetic", subset=0.5, seed=0)[1]) < 1024
+    assert [h["epoch"] for h in record["history"]] == [1, 2]
+    assert set(record["snapshots"]) == {"warmup"}  # end of the one warm-up epoch
+    assert all(v.dtype in (torch.float16, torch.int64) for v in record["weights"].values())
+    assert out.exists() and not train.resume_path(out).exists()  # resume state removed when done
+    assert [p.name for p in tmp_path.iterdir()] == ["vit.pt"]     # no temp files left behind
+    # the stored test metrics are those of the stored float16 weights
+    model = models.build("vit", **record["build"])
+    train.load_half_state_dict(model, record["weights"])
+    x, y = data.load("synthetic", train=False)
+    assert train.evaluate(model, x, y)["acc"] == pytest.approx(record["test_acc"])
+
+
+def test_full_recipe_is_final():
+    assert train.FULL_RECIPE.epochs == 60 and train.FULL_RECIPE.warmup_epochs == 5
+
+
+def test_resume_after_interruption_is_exact(tmp_path):
+    recipe = replace(TINY, augment=True, drop_path=0.1)  # exercise every random generator
+    straight = train.train("vit", "synthetic", recipe=recipe, out=tmp_path / "a.pt", progress=False)
+    out = tmp_path / "b.pt"
+    assert train.train("vit", "synthetic", recipe=recipe, out=out, progress=False, stop_after_epochs=1) is None
+    assert train.resume_path(out).exists() and not out.exists()
+    resumed = train.train("vit", "synthetic", recipe=recipe, out=out, progress=False, resume=True)
+    for k, v in straight["weights"].items():
+        assert torch.equal(v, resumed["weights"][k]), k
+    assert straight["history"] == resumed["history"]
+    assert torch.equal(straight["snapshots"]["warmup"]["net.head.weight"],
+                       resumed["snapshots"]["warmup"]["net.head.weight"])
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train.train("vit", "synthetic", recipe=TINY, out=tmp_path / "x.pt", resume=True, progress=False)
+    train.train("vit", "synthetic", recipe=TINY, out=tmp_path / "x.pt", progress=False, stop_after_epochs=1)
+    with pytest.raises(ValueError, match="different run"):
+        train.train("vit", "synthetic", recipe=TINY, seed=5, out=tmp_path / "x.pt", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(model_name="vgg"), "unknown model 'vgg'.*resnet"),
+    (dict(dataset="mnist"), "unknown dataset 'mnist'.*fashion-mnist"),
+    (dict(status="done"), "status"),
+    (dict(resume=True), "resume"),
+])
+def test_bad_arguments(kwargs, match):
+    args = dict(model_name="vit", dataset="synthetic", recipe=TINY, progress=False) | kwargs
+    with pytest.raises(ValueError, match=match):
+        train.train(**args)
+
+
+@pytest.mark.parametrize("bad,match", [(dict(epochs=0), "epochs"), (dict(warmup_epochs=3, epochs=2), "warmup"),
+                                       (dict(batch_size=0), "batch_size"), (dict(lr=-1.0), "lr")])
+def test_bad_recipe(bad, match):
+    with pytest.raises(ValueError, match=match):
+        train.Recipe(**bad)
+
+
+def test_lr_schedule():
+    f = [train.lr_factor(s, 100, 10, 0.01) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[-1] == pytest.approx(0.01, abs=1e-3)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_cli_trains_and_prints_summary(tmp_path):
+    out = tmp_path / "pit.pt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lib.train", "--model", "pit", "--dataset", "synthetic", "--epochs", "1",
+         "--warmup-epochs", "0", "--batch-size", "512", "--augment", "false", "--out", str(out), "--no-progress",
+         "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "pit on synthetic: test accuracy" in proc.stdout
+    assert out.exists()
+    bad = subprocess.run([sys.executable, "-m", "lib.train", "--model", "vgg", "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "invalid choice: 'vgg'" in bad.stderr
+
+
+def test_ddp_two_cpu_processes_match_one(tmp_path):
+    """torchrun with 2 gloo processes trains exactly what one process trains (global batch kept)."""
+    recipe = replace(TINY, epochs=1, warmup_epochs=0)
+    single = train.train("vit", "synthetic", recipe=recipe, progress=False)
+    out = tmp_path / "ddp.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "lib.train", "--model", "vit", "--dataset", "synthetic", "--epochs", "1", "--warmup-epochs", "0",
+         "--batch-size", str(recipe.batch_size), "--lr", str(recipe.lr), "--drop-path", "0",
+         "--augment", "false", "--device", "cpu", "--out", str(out), "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = torch.load(out, weights_only=True)
+    assert ddp["world_size"] == 2
+    for k, v in single["weights"].items():
+        torch.testing.assert_close(ddp["weights"][k].float(), v.float(), atol=1e-3, rtol=1e-3), k
+    assert ddp["history"][0]["train_loss"] == pytest.approx(single["history"][0]["train_loss"], rel=1e-4)
