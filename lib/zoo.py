@@ -7,7 +7,7 @@ file, rebuilds the architecture from the stored build arguments and upcasts the 
 
 Command line (``make zoo`` runs ``train``)::
 
-    python -m lib.zoo list                     # the manifest as a table
+    python -m lib.zoo list [--markdown]        # the manifest as a table
     python -m lib.zoo verify                   # check every checksum
     python -m lib.zoo train [--only vit] [--epochs N --warmup-epochs W] [--jobs 3] [--device cuda]
     python -m lib.zoo register PATH.pt         # add a checkpoint written by ``lib.train``
@@ -214,6 +214,14 @@ def load(name: str, dataset: str = "fashion-mnist", subset: float | None = None,
 # --------------------------------------------------------------------------------------------
 def _cmd_list(args: argparse.Namespace) -> int:
     rows = read_manifest()["checkpoints"]
+    if args.markdown:
+        print("| checkpoint | params | epochs | device | test acc. (%) | test NLL | status |")
+        print("|---|---:|---:|---|---:|---:|---|")
+        for key in sorted(rows):
+            r = rows[key]
+            print(f"| `{key}` | {r['params']:,} | {r['epochs']} | {r['device']} | {r['test_acc']:.2f} | "
+                  f"{r['test_nll']:.3f} | {r['status']} |")
+        return 0
     print(f"{'checkpoint':34} {'params':>9} {'epochs':>6} {'acc %':>6} {'NLL':>7}  {'status':11} device")
     for key in sorted(rows):
         r = rows[key]
@@ -273,7 +281,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lib.zoo", description="The book's model zoo.")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="show the manifest").set_defaults(fn=_cmd_list)
+    ls = sub.add_parser("list", help="show the manifest")
+    ls.add_argument("--markdown", action="store_true", help="as a Markdown table (for the README)")
+    ls.set_defaults(fn=_cmd_list)
     sub.add_parser("verify", help="check every checksum").set_defaults(fn=_cmd_verify)
     reg = sub.add_parser("register", help="add checkpoints to the manifest")
     reg.add_argument("paths", nargs="+")

@@ -1,0 +1,93 @@
+"""One visual style for the whole book: colours per model and per unit kind, and shared plots.
+
+Analyses return numbers; this module only draws them. Conventions follow Park & Kim: MSA units
+are shaded grey, subsampling (stage changes) blue.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+MODEL_COLORS: dict[str, str] = {
+    "resnet": "#1f77b4", "vit": "#d62728", "vit_local3": "#ff9896", "vit_local5": "#e377c2",
+    "alternet": "#2ca02c", "pit": "#9467bd",
+}
+MODEL_LABELS: dict[str, str] = {
+    "resnet": "ResNet", "vit": "ViT", "vit_local3": "ViT (3×3 local)", "vit_local5": "ViT (5×5 local)",
+    "alternet": "AlterNet", "pit": "PiT",
+}
+KIND_COLORS: dict[str, str] = {
+    "embed": "#bdbdbd", "conv": "#4c72b0", "msa": "#dd8452", "mlp": "#55a868", "pool": "#8172b3",
+    "head": "#4d4d4d",
+}
+MSA_SHADE = "#d9d9d9"
+SUBSAMPLE_SHADE = "#c6dbef"
+
+
+def setup_style() -> None:
+    """The book's plotting defaults: seaborn whitegrid, readable font sizes, crisp PNGs."""
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "axes.titleweight": "bold",
+                         "figure.autolayout": False})
+
+
+def label(model: str) -> str:
+    """Display name of a zoo model."""
+    return MODEL_LABELS.get(model, model)
+
+
+def unit_strip(ax: Axes, units: Sequence[Any], title: str = "") -> Axes:
+    """A compact diagram of a model: one coloured cell per residual unit, stage changes marked.
+
+    ``units`` are :class:`lib.blocks.Block` or :class:`lib.summary.UnitInfo` objects (they need
+    ``kind``, ``stage`` and ``name``).
+    """
+    for i, u in enumerate(units):
+        ax.add_patch(plt.Rectangle((i, 0), 0.92, 1, color=KIND_COLORS[u.kind]))
+        ax.text(i + 0.46, 0.5, u.kind.upper() if u.kind in ("msa", "mlp") else u.kind,
+                ha="center", va="center", rotation=90, fontsize=7,
+                color="white" if u.kind not in ("embed",) else "black")
+        if i and u.stage != units[i - 1].stage:
+            ax.axvline(i - 0.04, color="#08519c", lw=2)
+    ax.set_xlim(-0.1, len(units))
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+    ax.set_xticks([])
+    ax.grid(False)
+    for side in ("top", "right", "left", "bottom"):
+        ax.spines[side].set_visible(False)
+    if title:
+        ax.set_title(title, loc="left", fontsize=10)
+    return ax
+
+
+def kind_legend(fig: Figure, kinds: Iterable[str] = ("embed", "conv", "msa", "mlp", "pool", "head"),
+                **kwargs: Any) -> None:
+    """A figure legend of unit kinds (and the stage-change marker)."""
+    handles = [Patch(color=KIND_COLORS[k], label=k.upper() if k in ("msa", "mlp") else k) for k in kinds]
+    handles.append(plt.Line2D([], [], color="#08519c", lw=2, label="new stage (subsampling)"))
+    fig.legend(handles=handles, ncol=len(handles), frameon=False, **kwargs)
+
+
+def history_curves(records: Sequence[dict[str, Any]], axes: Sequence[Axes] | None = None,
+                   linestyle: str = "-") -> Figure:
+    """Test accuracy and test NLL per epoch for checkpoint records, one colour per model."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = axes[0].figure
+    for rec in records:
+        epochs = [h["epoch"] for h in rec["history"]]
+        color = MODEL_COLORS.get(rec["model"])
+        name = label(rec["model"]) + (f" ({rec['subset']:.0%} data)" if rec.get("subset") else "")
+        axes[0].plot(epochs, [h["test_acc"] for h in rec["history"]], linestyle, marker="o", ms=3,
+                     color=color, label=name)
+        axes[1].plot(epochs, [h["test_loss"] for h in rec["history"]], linestyle, marker="o", ms=3,
+                     color=color, label=name)
+    axes[0].set(xlabel="epoch", ylabel="test accuracy (%)")
+    axes[1].set(xlabel="epoch", ylabel="test NLL")
+    return fig

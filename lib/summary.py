@@ -1,0 +1,67 @@
+"""Descriptions of zoo models: size, compute, and the residual units with their output shapes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import blocks as B
+from .models import count_parameters
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Floating-point operations of one forward pass on one input of ``input_shape`` (C, H, W).
+
+    Counted by PyTorch's ``FlopCounterMode`` over matrix multiplications and convolutions, where a
+    multiply-add counts as 2 FLOPs; element-wise work (norms, activations, softmax) is not counted.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_shape, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class UnitInfo:
+    """One residual unit: where it sits, what it is, what it outputs, how many weights it owns."""
+
+    index: int
+    name: str
+    kind: str
+    stage: int
+    residual: bool
+    output_shape: tuple[int, ...]
+    params: int
+
+
+def unit_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[UnitInfo]:
+    """The units of :func:`lib.blocks.blocks` with the shape of each output for one input.
+
+    Each parameter is counted once, at the first unit that uses it (views may share modules).
+    """
+    units = B.blocks(model)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        _, outs = B.run_blocks(units, torch.zeros(1, *input_shape, device=device), keep=True)
+    seen: set[int] = set()
+    rows = []
+    for i, (unit, out) in enumerate(zip(units, outs)):
+        own = [p for p in unit.module.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        rows.append(UnitInfo(i, unit.name, unit.kind, unit.stage, unit.residual, tuple(out.shape[1:]),
+                             sum(p.numel() for p in own)))
+    return rows
+
+
+def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Parameters, forward FLOPs per image and the number of units of each kind."""
+    kinds: dict[str, int] = {}
+    for unit in B.blocks(model):
+        kinds[unit.kind] = kinds.get(unit.kind, 0) + 1
+    return {"params": count_parameters(model), "flops": count_flops(model, input_shape),
+            **{f"{k}_units": v for k, v in kinds.items()}}
