@@ -12,7 +12,7 @@ STAMP := $(VENV)/.requirements-installed
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 JOBS ?= 1
 
-.PHONY: setup data test book execute zoo bench clean
+.PHONY: setup data test book html browser-check execute zoo bench clean
 
 setup: $(STAMP) data
 
@@ -31,23 +31,34 @@ data: $(STAMP)
 	fi
 	$(PY) -c "from lib import data; data.ensure_fashion_mnist()"
 
+# The library tests, the chapters re-executed and compared with their stored outputs (nbval),
+# then the book built and every page checked in a headless browser with no network.
 test: setup
 	$(PY) -m pytest tests
+	$(PY) -m pytest --nbval --sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 chapters
+	$(MAKE) --no-print-directory browser-check
 
-book: setup
-	@test -f _config.yml || { echo "error: no _config.yml: the book scaffold is not here yet"; exit 1; }
-	$(PY) -m jupyter_book build --warningiserror --keep-going .
+book: setup html
 
+# Build the HTML from the stored outputs (no execution), warnings as errors; MathJax served locally.
+html:
+	bash tools/fetch_mathjax.sh
+	$(VENV)/bin/jupyter-book build --warningiserror --keep-going .
+
+browser-check: html
+	bash tools/install_browser.sh
+	$(PY) tools/check_book.py _build/html --screenshot chapters/01_model_zoo.html
+
+# Re-execute every chapter in place on this machine (CPU), as the stored outputs must be.
 execute: setup
 	@ls chapters/*.ipynb >/dev/null 2>&1 || { echo "error: no chapters/*.ipynb to execute"; exit 1; }
-	$(PY) -m jupyter nbconvert --to notebook --execute --inplace chapters/*.ipynb
+	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 chapters/*.ipynb
 
 zoo: setup
 	$(PY) -m lib.zoo train --jobs $(JOBS)
 
 bench: setup
-	@ls benchmarks/*.py >/dev/null 2>&1 || { echo "error: no benchmarks/*.py yet"; exit 1; }
-	@for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+	$(PY) benchmarks/chapters.py
 
 clean:
 	rm -rf _build .pytest_cache
