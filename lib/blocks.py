@@ -44,7 +44,15 @@ class Block:
 
 
 class _Unit(nn.Module):
-    """A view onto sub-modules of a model; holds no parameters of its own."""
+    """A view onto sub-modules of a model.
+
+    A unit registers exactly the sub-modules and parameters it uses (the same objects as the
+    model's, so nothing is copied), which makes ``unit.parameters()`` the unit's own weights. When
+    it needs a method of the whole model, it keeps the model as an unregistered reference.
+    """
+
+    def _refer(self, name: str, obj: nn.Module) -> None:
+        object.__setattr__(self, name, obj)  # a plain attribute: not a registered sub-module
 
 
 class _NormalizedStem(_Unit):
@@ -59,14 +67,15 @@ class _NormalizedStem(_Unit):
 class _ResNetHead(_Unit):
     def __init__(self, net: PreActResNet):
         super().__init__()
-        self.net = net
+        self.norm, self.head = net.norm, net.head
+        self._refer("_net", net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_head(x)
+        return self._net.forward_head(x)
 
 
 class _ConvUnit(_Unit):
-    """A pre-activation block with an identity shortcut: ``x + branch(x)``."""
+    """A pre-activation block; with an identity shortcut it computes ``x + branch(x)``."""
 
     def __init__(self, block: nn.Module):
         super().__init__()
@@ -104,34 +113,43 @@ def _transformer_units(block: nn.Module, prefix: str, stage: int) -> list[Block]
 
 
 class _ViTEmbed(_Unit):
+    """Normalisation, patch embedding, CLS token and position embedding (timm's own code path)."""
+
     def __init__(self, model: Classifier):
         super().__init__()
-        self.normalize, self.vit = model.normalize, model.net
+        vit = model.net
+        self.normalize, self.patch_embed, self.norm_pre = model.normalize, vit.patch_embed, vit.norm_pre
+        self.pos_drop, self.patch_drop = vit.pos_drop, vit.patch_drop
+        self.pos_embed, self.cls_token = vit.pos_embed, vit.cls_token
+        self._refer("_vit", vit)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = self.vit
+        v = self._vit
         return v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(self.normalize(x)))))
 
 
 class _ViTHead(_Unit):
     def __init__(self, vit: nn.Module):
         super().__init__()
-        self.vit = vit
+        self.norm, self.fc_norm, self.head = vit.norm, vit.fc_norm, vit.head
+        self._refer("_vit", vit)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit.forward_head(self.vit.norm(x))
+        return self._vit.forward_head(self._vit.norm(x))
 
 
 class _PiTEmbed(_Unit):
     def __init__(self, model: Classifier):
         super().__init__()
-        self.normalize, self.pit = model.normalize, model.net
+        pit = model.net
+        self.normalize, self.patch_embed, self.pos_drop = model.normalize, pit.patch_embed, pit.pos_drop
+        self.pos_embed, self.cls_token = pit.pos_embed, pit.cls_token
+        self.norm = pit.transformers[0].norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.pit
-        grid = p.pos_drop(p.patch_embed(self.normalize(x)) + p.pos_embed)
-        cls = p.cls_token.expand(grid.shape[0], -1, -1)
-        return p.transformers[0].norm(torch.cat((cls, grid.flatten(2).transpose(1, 2)), dim=1))
+        grid = self.pos_drop(self.patch_embed(self.normalize(x)) + self.pos_embed)
+        cls = self.cls_token.expand(grid.shape[0], -1, -1)
+        return self.norm(torch.cat((cls, grid.flatten(2).transpose(1, 2)), dim=1))
 
 
 class _PiTPool(_Unit):
@@ -139,21 +157,22 @@ class _PiTPool(_Unit):
 
     def __init__(self, stage: nn.Module):
         super().__init__()
-        self.stage = stage
+        self.pool, self.norm = stage.pool, stage.norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cls, grid = x[:, :1], as_grid(x)
-        grid, cls = self.stage.pool(grid, cls)
-        return self.stage.norm(torch.cat((cls, grid.flatten(2).transpose(1, 2)), dim=1))
+        grid, cls = self.pool(grid, cls)
+        return self.norm(torch.cat((cls, grid.flatten(2).transpose(1, 2)), dim=1))
 
 
 class _PiTHead(_Unit):
     def __init__(self, pit: nn.Module):
         super().__init__()
-        self.pit = pit
+        self.norm, self.head = pit.norm, pit.head
+        self._refer("_pit", pit)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pit.forward_head(self.pit.norm(x[:, :1]))
+        return self._pit.forward_head(self._pit.norm(x[:, :1]))
 
 
 def _resnet_blocks(model: Classifier) -> list[Block]:

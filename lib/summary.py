@@ -18,11 +18,20 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     multiply-add counts as 2 FLOPs; element-wise work (norms, activations, softmax) is not counted.
     """
     was_training = model.training
+    params = list(model.parameters())
+    needs_grad = [p.requires_grad for p in params]
     model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_shape, device=device))
-    model.train(was_training)
+    # The counter hooks every module output that requires grad; a parameter passed through as
+    # an output (PiT's CLS token) would trip it, so count with gradients off entirely.
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *input_shape, device=params[0].device))
+    finally:
+        for p, flag in zip(params, needs_grad):
+            p.requires_grad_(flag)
+        model.train(was_training)
     return int(counter.get_total_flops())
 
 
@@ -40,22 +49,15 @@ class UnitInfo:
 
 
 def unit_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[UnitInfo]:
-    """The units of :func:`lib.blocks.blocks` with the shape of each output for one input.
-
-    Each parameter is counted once, at the first unit that uses it (views may share modules).
-    """
+    """The units of :func:`lib.blocks.blocks` with the shape of each output for one input
+    and the number of weights each unit owns (every parameter belongs to exactly one unit)."""
     units = B.blocks(model)
     device = next(model.parameters()).device
     with torch.no_grad():
         _, outs = B.run_blocks(units, torch.zeros(1, *input_shape, device=device), keep=True)
-    seen: set[int] = set()
-    rows = []
-    for i, (unit, out) in enumerate(zip(units, outs)):
-        own = [p for p in unit.module.parameters() if id(p) not in seen]
-        seen.update(id(p) for p in own)
-        rows.append(UnitInfo(i, unit.name, unit.kind, unit.stage, unit.residual, tuple(out.shape[1:]),
-                             sum(p.numel() for p in own)))
-    return rows
+    return [UnitInfo(i, unit.name, unit.kind, unit.stage, unit.residual, tuple(out.shape[1:]),
+                     sum(p.numel() for p in unit.module.parameters()))
+            for i, (unit, out) in enumerate(zip(units, outs))]
 
 
 def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:

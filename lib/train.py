@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
 
 from . import data, models
 from .io import atomic_torch_save

@@ -38,11 +38,12 @@ def test_block_structure(name):
 
 
 @pytest.mark.parametrize("name", models.MODELS)
-def test_blocks_cover_every_parameter(name):
-    """Units are views onto the model's own modules: together they hold exactly its parameters."""
+def test_units_own_disjoint_parts_of_every_parameter(name):
+    """Units are views onto the model's own weights: each parameter belongs to exactly one unit."""
     model = models.build(name)
-    covered = {id(p) for u in B.blocks(model) for p in u.module.parameters()}
-    assert covered == {id(p) for p in model.parameters()}
+    owned = [id(p) for u in B.blocks(model) for p in u.module.parameters()]
+    assert len(owned) == len(set(owned))
+    assert set(owned) == {id(p) for p in model.parameters()}
 
 
 def test_vit_units_alternate_msa_mlp():

@@ -21,6 +21,13 @@ def test_vit_flops_match_a_hand_count():
     assert summary.count_flops(models.build("vit"), (1, 28, 28)) == embed + depth * per_block + head
 
 
+def test_flops_of_every_zoo_model_leave_it_unchanged():
+    for name in models.MODELS:
+        model = models.build(name).train()
+        assert summary.count_flops(model, (1, 28, 28)) > 0
+        assert model.training and all(p.requires_grad for p in model.parameters())
+
+
 def test_unit_table_matches_blocks_and_parameters():
     model = models.build("pit")
     rows = summary.unit_table(model, (1, 28, 28))
