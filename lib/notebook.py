@@ -25,4 +25,6 @@ def setup(seed: int = 0, device: str | None = None) -> torch.device:
     plots.setup_style()
     # Jupyter's own deprecation chatter would end up in the stored outputs.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="jupyter_client")
+    # Libraries that import tqdm.auto warn that ipywidgets is missing; the book uses text bars.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

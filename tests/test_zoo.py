@@ -128,3 +128,14 @@ def test_shipped_manifest_is_consistent():
         assert path.exists(), key
         assert zoo.sha256(path) == entry["sha256"], key
     assert {e.key for e in zoo.ZOO} <= set(listed)
+
+
+def test_cli_list_and_verify(capsys):
+    listed = zoo.read_manifest()["checkpoints"]
+    if not listed:
+        pytest.skip("no shipped checkpoints yet")
+    assert zoo.main(["verify"]) == 0
+    assert capsys.readouterr().out.count("ok ") == len(listed)
+    assert zoo.main(["list", "--markdown"]) == 0
+    table = capsys.readouterr().out
+    assert all(f"`{key}`" in table for key in listed)
