@@ -47,11 +47,11 @@ def unit_strip(ax: Axes, units: Sequence[Any], title: str = "") -> Axes:
     ``units`` are :class:`lib.blocks.Block` or :class:`lib.summary.UnitInfo` objects (they need
     ``kind``, ``stage`` and ``name``).
     """
+    short = {"embed": "emb", "conv": "conv", "msa": "MSA", "mlp": "MLP", "pool": "pool", "head": "head"}
     for i, u in enumerate(units):
         ax.add_patch(plt.Rectangle((i, 0), 0.92, 1, color=KIND_COLORS[u.kind]))
-        ax.text(i + 0.46, 0.5, u.kind.upper() if u.kind in ("msa", "mlp") else u.kind,
-                ha="center", va="center", rotation=90, fontsize=7,
-                color="white" if u.kind not in ("embed",) else "black")
+        ax.text(i + 0.46, 0.5, short[u.kind], ha="center", va="center", fontsize=8.5,
+                color="black" if u.kind == "embed" else "white")
         if i and u.stage != units[i - 1].stage:
             ax.axvline(i - 0.04, color="#08519c", lw=2)
     ax.set_xlim(-0.1, len(units))
@@ -62,7 +62,7 @@ def unit_strip(ax: Axes, units: Sequence[Any], title: str = "") -> Axes:
     for side in ("top", "right", "left", "bottom"):
         ax.spines[side].set_visible(False)
     if title:
-        ax.set_title(title, loc="left", fontsize=10)
+        ax.set_title(title, loc="left", fontsize=11)
     return ax
 
 
