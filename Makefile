@@ -35,7 +35,7 @@ data: $(STAMP)
 # then the book built and every page checked in a headless browser with no network.
 test: setup
 	$(PY) -m pytest tests
-	$(PY) -m pytest --nbval --sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 chapters
+	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 chapters
 	$(MAKE) --no-print-directory browser-check
 
 book: setup html
