@@ -1,0 +1,260 @@
+"""lib.hessian against exact answers: the dense Hessian of tiny models and known matrices."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from lib import hessian, models
+
+
+def tiny_mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+
+
+def tiny_batch(seed: int = 1, n: int = 16, d: int = 4, classes: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float = 0.0) -> torch.Tensor:
+    """The dense Hessian of the same loss, by torch.autograd.functional.hessian on a flat vector."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
+    model = copy.deepcopy(model).double().eval()
+
+    def loss(flat):
+        params = {n: t.view(s) for n, t, s in zip(names, torch.split(flat, sizes), shapes)}
+        out = torch.nn.functional.cross_entropy(functional_call(model, params, (x.double(),)), y)
+        return out + 0.5 * l2 * (flat * flat).sum()
+
+    return torch.autograd.functional.hessian(loss, flat0)
+
+
+def by_magnitude(values: np.ndarray, k: int) -> np.ndarray:
+    return values[np.argsort(-np.abs(values), kind="stable")][:k]
+
+
+class SymmetricOp:
+    """H·v for an explicit symmetric matrix, counting products (a stand-in for a model)."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix = matrix.float()
+        self.n_products = 0
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        self.n_products += 1
+        return self.matrix @ v
+
+
+def spectrum_matrix(eigenvalues, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=g, dtype=torch.float64))
+    return q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
+
+
+# ---------------------------------------------------------------------------------------------
+# Hessian-vector products
+# ---------------------------------------------------------------------------------------------
+
+def test_hvp_matches_dense_hessian():
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    h = exact_hessian(model, x, y)
+    op = hessian.HessianOperator(model, x, y)
+    assert op.dim == 51
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(op(v).double(), h @ v.double(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(hessian.dense_hessian(op, op.dim).double(), h, rtol=1e-4, atol=1e-5)
+    assert op.n_products == 1 + op.dim
+
+
+def test_l2_term_shifts_the_hessian_by_l2_times_identity():
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    plain = hessian.dense_hessian(hessian.HessianOperator(model, x, y), 51).double()
+    with_l2 = hessian.dense_hessian(hessian.HessianOperator(model, x, y, l2=0.3), 51).double()
+    torch.testing.assert_close(with_l2 - plain, 0.3 * torch.eye(51, dtype=torch.float64), rtol=0, atol=1e-5)
+    torch.testing.assert_close(with_l2, exact_hessian(model, x, y, l2=0.3), rtol=1e-4, atol=1e-5)
+
+
+def test_hvp_rejects_wrong_shapes_and_negative_l2():
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    op = hessian.HessianOperator(model, x, y)
+    with pytest.raises(ValueError, match="length 51"):
+        op(torch.zeros(50))
+    with pytest.raises(ValueError, match="l2"):
+        hessian.HessianOperator(model, x, y, l2=-1.0)
+
+
+def test_batchnorm_model_is_differentiated_in_eval_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3))
+    model.train()
+    x, y = tiny_batch()
+    model(x)  # give BatchNorm non-trivial running statistics
+    model.train()
+    op = hessian.HessianOperator(model, x, y)
+    assert not model.training, "the Hessian is taken in eval mode"
+    h = exact_hessian(model, x, y)  # of the eval-mode function
+    torch.testing.assert_close(hessian.dense_hessian(op, op.dim).double(), h, rtol=1e-4, atol=1e-5)
+
+
+def test_hvp_runs_through_the_zoo_vit_attention():
+    """Double backward through timm attention (explicit path, the zoo default) matches finite differences."""
+    torch.manual_seed(0)
+    model = models.build("vit")
+    x, y = torch.rand(2, 1, 28, 28), torch.tensor([1, 7])
+    op = hessian.HessianOperator(model, x, y)
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
+    v = v / v.norm()
+    hv = op(v)
+    # central difference of the gradient along v, in float64 for accuracy
+    model = model.double()
+    eps = 1e-4
+    def grad_at(shift):
+        params = [p for p in model.parameters()]
+        offset = 0
+        with torch.no_grad():
+            for p in params:
+                p.add_(shift * v[offset:offset + p.numel()].double().view_as(p))
+                offset += p.numel()
+        g = hessian.HessianOperator(model, x.double(), y).gradient()
+        with torch.no_grad():
+            offset = 0
+            for p in params:
+                p.sub_(shift * v[offset:offset + p.numel()].double().view_as(p))
+                offset += p.numel()
+        return g
+    fd = (grad_at(eps) - grad_at(-eps)) / (2 * eps)
+    torch.testing.assert_close(hv.double(), fd, rtol=1e-3, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eigenvalues
+# ---------------------------------------------------------------------------------------------
+
+def test_lanczos_finds_the_top_eigenvalues_of_a_model_hessian():
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    exact = by_magnitude(torch.linalg.eigvalsh(exact_hessian(model, x, y)).numpy(), 5)
+    eigs = hessian.top_eigenvalues(model, x, y, k=5, method="lanczos", tol=1e-6, return_vectors=True)
+    assert eigs.converged
+    np.testing.assert_allclose(eigs.values, exact, rtol=1e-4)
+    # the vectors are unit eigenvectors: H u = λ u
+    op = hessian.HessianOperator(model, x, y)
+    for value, u in zip(eigs.values, eigs.vectors):
+        assert abs(u.norm().item() - 1) < 1e-5
+        torch.testing.assert_close(op(u), value * u, rtol=0, atol=2e-4 * abs(value) + 1e-6)
+
+
+def test_lanczos_and_power_iteration_agree_on_a_known_spectrum_with_negatives():
+    values = [50.0, -30.0, 20.0, 10.0, -5.0] + list(np.linspace(-1, 1, 45))
+    op = SymmetricOp(spectrum_matrix(values))
+    lan = hessian.lanczos_eigs(op, 50, k=4, tol=1e-6)
+    lan_products = op.n_products
+    pow_ = hessian.power_iteration(op, 50, k=4, tol=1e-8, max_iter=2000)
+    np.testing.assert_allclose(lan.values, [50.0, -30.0, 20.0, 10.0], rtol=1e-5)
+    np.testing.assert_allclose(pow_.values, [50.0, -30.0, 20.0, 10.0], rtol=1e-4)
+    assert lan.converged and pow_.converged
+    assert lan.n_products == lan_products < pow_.n_products
+
+
+def test_lanczos_stops_on_an_invariant_subspace_with_exact_values():
+    op = SymmetricOp(torch.diag(torch.tensor([3.0, -2.0, 1.0])))
+    eigs = hessian.lanczos_eigs(op, 3, k=3, tol=1e-9)
+    np.testing.assert_allclose(eigs.values, [3.0, -2.0, 1.0], rtol=1e-6)
+    assert eigs.n_products == 3
+
+
+def test_eigensolvers_are_seeded_and_validate_arguments():
+    op = SymmetricOp(spectrum_matrix(list(range(1, 21))))
+    a = hessian.lanczos_eigs(op, 20, k=2, seed=4)
+    b = hessian.lanczos_eigs(op, 20, k=2, seed=4)
+    np.testing.assert_array_equal(a.values, b.values)
+    with pytest.raises(ValueError, match="k must be"):
+        hessian.lanczos_eigs(op, 20, k=0)
+    with pytest.raises(ValueError, match="k must be"):
+        hessian.power_iteration(op, 20, k=21)
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    with pytest.raises(ValueError, match="unknown method 'arnoldi'; choose one of lanczos, power"):
+        hessian.top_eigenvalues(model, x, y, method="arnoldi")
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-batch spectra
+# ---------------------------------------------------------------------------------------------
+
+def test_batch_spectra_match_the_dense_hessian_of_each_batch():
+    model = tiny_mlp()
+    x = torch.rand(40, 1, 2, 2)  # image-shaped so the batches can be augmented
+    y = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(0))
+    flat_model = nn.Sequential(nn.Flatten(), model)
+    batches = hessian.spectrum_batches(x, y, n_batches=3, batch_size=8, seed=5)
+    again = hessian.spectrum_batches(x, y, n_batches=3, batch_size=8, seed=5)
+    for (xa, ya), (xb, yb) in zip(batches, again):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    spectra = hessian.batch_spectra(flat_model, batches, k=3, tol=1e-6, progress=False)
+    assert spectra.values.shape == (3, 3) and spectra.pooled.shape == (9,)
+    for b, (xb, yb) in enumerate(batches):
+        exact = by_magnitude(torch.linalg.eigvalsh(exact_hessian(model, xb.flatten(1), yb)).numpy(), 3)
+        np.testing.assert_allclose(spectra.values[b], exact, rtol=1e-4)
+    s = spectra.summary()
+    pooled = spectra.pooled
+    assert s["fraction_negative"] == pytest.approx(np.mean(pooled < 0))
+    assert s["median_positive"] == pytest.approx(np.median(pooled[pooled > 0]))
+    with pytest.raises(ValueError, match="only 40 given"):
+        hessian.spectrum_batches(x, y, n_batches=6, batch_size=8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trace and density
+# ---------------------------------------------------------------------------------------------
+
+def test_hutchinson_is_the_mean_of_quadratic_forms_and_unbiased():
+    h = spectrum_matrix(list(np.linspace(-3, 10, 30)), seed=2)
+    op = SymmetricOp(h)
+    est = hessian.hutchinson_trace(op, 30, n_samples=5, seed=7)
+    g = torch.Generator().manual_seed(7)
+    forms = []
+    for _ in range(5):
+        v = (torch.randint(0, 2, (30,), generator=g) * 2 - 1).double()
+        forms.append((v @ h @ v).item())
+    np.testing.assert_allclose(est.samples, forms, rtol=1e-5)
+    big = hessian.hutchinson_trace(op, 30, n_samples=3000, seed=1)
+    assert abs(big.mean - torch.trace(h).item()) < 4 * big.std_error
+
+
+def test_slq_with_a_full_basis_recovers_the_spectrum_and_exact_moments():
+    eigenvalues = np.linspace(-2, 5, 12)
+    h = spectrum_matrix(list(eigenvalues), seed=3)
+    op = SymmetricOp(h)
+    dens = hessian.slq_density(op, 12, n_vectors=2, steps=12, seed=0)
+    for probe in range(2):
+        np.testing.assert_allclose(np.sort(dens.nodes[probe]), eigenvalues, atol=1e-4)
+        assert dens.weights[probe].sum() == pytest.approx(1.0, abs=1e-6)
+    # each probe's quadrature reproduces qᵀ H^p q for its own unit start vector q
+    g = torch.Generator().manual_seed(0)
+    qs = [torch.randn(12, generator=g, dtype=torch.float64) for _ in range(2)]
+    qs = [q / q.norm() for q in qs]
+    for p in (1, 2):
+        exact = np.mean([(q @ torch.linalg.matrix_power(h, p) @ q).item() for q in qs])
+        assert dens.moment(p) == pytest.approx(exact, rel=1e-4)
+    grid = np.linspace(-6, 9, 3001)
+    area = np.trapezoid(dens.density(grid, sigma=0.2), grid)
+    assert area == pytest.approx(1.0, abs=1e-3)
+
+
+def test_slq_on_a_model_hessian_has_the_right_trace():
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    h = exact_hessian(model, x, y)
+    op = hessian.HessianOperator(model, x, y)
+    dens = hessian.slq_density(op, op.dim, n_vectors=1, steps=op.dim, seed=0)
+    # a full Krylov basis: the nodes are the exact eigenvalues
+    exact = torch.linalg.eigvalsh(h).numpy()
+    nodes = np.sort(dens.nodes[0][dens.weights[0] > 1e-12])
+    assert np.max(np.abs(nodes[:, None] - exact[None]).min(axis=1)) < 1e-3
