@@ -57,7 +57,18 @@ execute: setup
 zoo: setup
 	$(PY) -m lib.zoo train --jobs $(JOBS)
 
-bench: setup
+PEERS := .bench-peers
+PEERS_STAMP := $(PEERS)/.installed
+
+# The tools our analyses are compared with, installed beside (never into) the project's venv.
+$(PEERS_STAMP): benchmarks/requirements-peers.txt $(STAMP)
+	rm -rf $(PEERS)
+	$(PY) -m pip install --quiet --no-deps --target $(PEERS) -r benchmarks/requirements-peers.txt
+	touch $@
+
+bench: setup $(PEERS_STAMP)
+	PYTHONPATH=$(PEERS) $(PY) benchmarks/hessian.py
+	PYTHONPATH=$(PEERS) $(PY) benchmarks/landscape.py
 	$(PY) benchmarks/chapters.py
 
 clean:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -91,3 +92,28 @@ def history_curves(records: Sequence[dict[str, Any]], axes: Sequence[Axes] | Non
     axes[0].set(xlabel="epoch", ylabel="test accuracy (%)")
     axes[1].set(xlabel="epoch", ylabel="test NLL")
     return fig
+
+
+def eigenvalue_strips(ax: Axes, groups: dict[str, Sequence[float]], colors: dict[str, str] | None = None,
+                      linthresh: float = 10.0, seed: int = 0) -> Axes:
+    """Pooled Hessian eigenvalues, one jittered row of dots per group, on a symmetric-log axis.
+
+    With a few dozen values per model a dot per value is more honest than a smoothed density;
+    the vertical tick marks each group's median, the grey band the linear region |λ| < ``linthresh``
+    of the axis, and the dashed line zero (values left of it are negative curvature).
+    """
+    rng = np.random.default_rng(seed)
+    names = list(groups)
+    for row, name in enumerate(names):
+        values = np.asarray(groups[name], dtype=float)
+        color = (colors or {}).get(name, "#444444")
+        jitter = rng.uniform(-0.18, 0.18, size=len(values))
+        ax.scatter(values, row + jitter, s=16, color=color, alpha=0.75, edgecolor="none")
+        ax.plot([np.median(values)] * 2, [row - 0.32, row + 0.32], color=color, lw=2.5)
+    ax.set_xscale("symlog", linthresh=linthresh)
+    ax.axvspan(-linthresh, linthresh, color="#f0f0f0", zorder=0)
+    ax.axvline(0, color="#555555", lw=1, ls="--")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlabel("Hessian eigenvalue (symmetric log scale)")
+    return ax

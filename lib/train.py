@@ -9,7 +9,8 @@ run is bit-for-bit reproducible.
 A checkpoint records everything needed to rebuild and judge the model: name and build arguments,
 dataset and subset, the full recipe, seed, per-epoch history, final test accuracy and NLL (measured
 on the float16 weights that are stored), device, library versions, wall time and throughput, plus
-a snapshot of the weights at the end of warm-up (the Hessian chapter needs it).
+a snapshot of the weights at the end of warm-up (the Hessian chapter needs it), and the polar
+training trajectory (r_t, θ_t) computed from per-epoch snapshots that are deleted afterwards.
 
 Training survives interruption: after every epoch the full state (weights, optimiser, schedule,
 random generators) goes to ``<out>.resume.pt``; ``--resume`` continues from it and the result is
@@ -45,6 +46,7 @@ from torch import nn
 from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
 
 from . import data, models
+from .landscape import SnapshotFolder, flat_parameters
 from .io import atomic_torch_save
 
 FORMAT_VERSION = 1
@@ -251,6 +253,14 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
         history, snapshots = state["history"], state["snapshots"]
         start_epoch, wall, train_time = state["epoch"], state["wall_time_s"], state["train_time_s"]
 
+    # Per-epoch weight snapshots for the polar trajectory (Park & Kim Fig. 1b): kept on disk beside
+    # the checkpoint while training (so resuming keeps them), reduced to numbers at the end.
+    trajectory_dir = None
+    if main_process:
+        trajectory_dir = SnapshotFolder(None if out is None else Path(str(out) + ".trajectory"))
+        if start_epoch == 0:
+            trajectory_dir.save(0, model)
+
     local_batch = recipe.batch_size // world
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not (progress and main_process),
                desc=f"{model_name} {dataset}" + (f" {subset:g}" if subset else ""), unit="step",
@@ -298,6 +308,8 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
                             "train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
                             "test_loss": test["nll"], "test_acc": test["acc"]})
             bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", test_acc=f"{test['acc']:.1f}")
+        if main_process:
+            trajectory_dir.save(epoch + 1, model)
         wall += time.perf_counter() - t0
         if main_process and state_file is not None:
             atomic_torch_save({
@@ -312,6 +324,10 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
     if end_epoch < recipe.epochs or not main_process:
         return None
 
+    try:
+        trajectory = trajectory_dir.trajectory(flat_parameters(model)).as_dict()
+    except ValueError:  # resumed from a state that predates trajectory snapshots
+        trajectory = None
     weights = half_state_dict(model)
     stored = models.build(model_name, **build_kwargs)
     load_half_state_dict(stored, weights)  # judge the model exactly as it is stored
@@ -323,11 +339,12 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
         "params": models.count_parameters(model), "device": _device_name(device), "world_size": world,
         "torch": str(torch.__version__), "timm": str(timm.__version__), "python": platform.python_version(),
         "wall_time_s": wall, "images_per_s": recipe.epochs * steps_per_epoch * recipe.batch_size / max(train_time, 1e-9),
-        "weights": weights, "snapshots": snapshots,
+        "weights": weights, "snapshots": snapshots, "trajectory": trajectory,
     }
     if out is not None:
         atomic_torch_save(record, out)
         state_file.unlink(missing_ok=True)
+    trajectory_dir.remove()
     return record
 
 

@@ -1,0 +1,398 @@
+"""Loss landscapes: directions are normalised as stated, surfaces match an independent computation,
+the weights come back bit for bit, batched equals sequential, sharpness is exact on a parabola, and
+the polar trajectory is right on hand-made vectors."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
+
+from lib import data, landscape, models, train  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids waiting on parallel regions on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_net(seed: int = 0) -> nn.Module:
+    """Conv (4-D weight), BatchNorm (1-D affine, running statistics) and a linear head on 6x6 images."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4))
+    with torch.no_grad():  # non-trivial running statistics, so eval mode differs from train mode
+        net[1].running_mean.uniform_(-0.2, 0.2)
+        net[1].running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def tiny_data(n: int = 10, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 6, 6, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def snapshot(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def assert_bit_exact(model: nn.Module, before: list[torch.Tensor], ptrs: list[int] | None = None) -> None:
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p.detach(), b)
+    if ptrs is not None:  # the parameters' own storage is back, not a copy
+        assert [p.data_ptr() for p in model.parameters()] == ptrs
+
+
+# --------------------------------------------------------------------------------------------------
+# Directions
+
+
+@pytest.mark.parametrize("normalization", landscape.NORMALIZATIONS)
+def test_direction_norms_match_the_weights(normalization):
+    model = tiny_net()
+    (d,) = landscape.random_directions(model, n=1, normalization=normalization, seed=3)
+    for (name, p), t in zip(model.named_parameters(), d):
+        assert t.shape == p.shape and t.dtype == p.dtype
+        if p.dim() < 2:
+            assert torch.count_nonzero(t) == 0, name
+        elif normalization == "filter":  # one norm per output filter (slice along dim 0)
+            torch.testing.assert_close(t.flatten(1).norm(dim=1), p.detach().flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+        else:  # one norm per position of the other axes, taken across dim 0
+            torch.testing.assert_close(torch.linalg.vector_norm(t, dim=0), torch.linalg.vector_norm(p.detach(), dim=0),
+                                       rtol=1e-5, atol=0)
+    # the two normalisations really differ: the filter one does not match the axis-0 norms
+    if normalization == "filter":
+        w = model[4].weight.detach()
+        assert not torch.allclose(torch.linalg.vector_norm(d[-2], dim=0), torch.linalg.vector_norm(w, dim=0), rtol=1e-3)
+
+
+def test_normalize_direction_by_hand():
+    w = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    d = torch.tensor([[1.0, 0.0], [2.0, 2.0]])
+    # filter: row norms of w are 5 and 1
+    torch.testing.assert_close(landscape.normalize_direction(d, w, "filter"),
+                               torch.tensor([[5.0, 0.0], [1 / math.sqrt(2), 1 / math.sqrt(2)]]))
+    # axis0: column norms of w are 3 and sqrt(17); of d, sqrt(5) and 2
+    torch.testing.assert_close(landscape.normalize_direction(d, w, "axis0"),
+                               torch.tensor([[3 / math.sqrt(5), 0.0], [6 / math.sqrt(5), math.sqrt(17)]]))
+    with pytest.raises(ValueError, match="1-D tensors"):
+        landscape.normalize_direction(torch.ones(3), torch.ones(3))
+
+
+def test_positional_embedding_and_1d_tensors_get_zero_directions():
+    vit = models.build("vit", img_size=8)
+    d1, d2 = landscape.random_directions(vit, n=2)
+    names = [name for name, p in vit.named_parameters() if p.requires_grad]
+    assert "net.pos_embed" in names
+    for name, t1, t2, p in zip(names, d1, d2, (p for p in vit.parameters() if p.requires_grad)):
+        zero = "pos_embed" in name or p.dim() < 2
+        assert (torch.count_nonzero(t1) == 0) == zero, name
+        assert (torch.count_nonzero(t2) == 0) == zero, name
+    # ignore=() moves the positional embedding too, without changing any other tensor's direction
+    (e1,) = landscape.random_directions(vit, n=1, ignore=())
+    for name, a, b in zip(names, d1, e1):
+        if name == "net.pos_embed":
+            assert torch.count_nonzero(b) > 0
+        else:
+            assert torch.equal(a, b), name
+    # a plain string is one name, not a set of letters
+    (f1,) = landscape.random_directions(vit, n=1, ignore="pos_embed")
+    assert all(torch.equal(a, b) for a, b in zip(d1, f1))
+
+
+def test_directions_are_seeded():
+    model = tiny_net()
+    a = landscape.random_directions(model, n=2, seed=5)
+    b = landscape.random_directions(model, n=2, seed=5)
+    c = landscape.random_directions(model, n=2, seed=6)
+    first = landscape.random_directions(model, n=1, seed=5)[0]
+    for k in range(2):
+        assert all(torch.equal(x, y) for x, y in zip(a[k], b[k]))
+    assert not torch.equal(a[0][0], c[0][0])
+    assert not torch.equal(a[0][0], a[1][0])  # the two directions differ
+    assert all(torch.equal(x, y) for x, y in zip(a[0], first))  # direction 1 does not depend on n
+    assert abs(landscape.direction_cosine(a[0], a[0]) - 1) < 1e-12
+    assert abs(landscape.direction_cosine(a[0], [-t for t in a[0]]) + 1) < 1e-12
+
+
+def test_direction_errors():
+    model = tiny_net()
+    with pytest.raises(ValueError, match=r"'bogus'.*filter, axis0"):
+        landscape.random_directions(model, normalization="bogus")
+    with pytest.raises(ValueError, match="n must be"):
+        landscape.random_directions(model, n=0)
+    with pytest.raises(ValueError, match="no trainable"):
+        landscape.random_directions(nn.ReLU())
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def test_landscape_data_is_balanced_seeded_and_augmented_once():
+    raw_x, raw_y = data.load("synthetic")
+    x, y = landscape.landscape_data("synthetic", n=105, seed=0, augment=False)
+    assert torch.bincount(y, minlength=10).tolist() == [11] * 5 + [10] * 5
+    # without augmentation the images are rows of the training set, in ascending index order
+    rows = [int(torch.nonzero((raw_x == img).flatten(1).all(1))[0]) for img in x]
+    assert rows == sorted(rows) and torch.equal(raw_y[rows], y)
+    xa, ya = landscape.landscape_data("synthetic", n=105, seed=0)
+    xb, _ = landscape.landscape_data("synthetic", n=105, seed=0)
+    xc, yc = landscape.landscape_data("synthetic", n=105, seed=1)
+    assert torch.equal(ya, y) and torch.equal(xa, xb) and not torch.equal(xa, x)
+    assert not torch.equal(yc, y) or not torch.equal(xc, xa)
+    with pytest.raises(ValueError, match="n must be"):
+        landscape.landscape_data("synthetic", n=0)
+    with pytest.raises(ValueError, match="2000"):
+        landscape.landscape_data("synthetic", n=2000)
+
+
+# --------------------------------------------------------------------------------------------------
+# Surfaces
+
+
+def test_plane_of_a_linear_classifier_matches_an_independent_computation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 5)).eval()
+    x, _ = tiny_data(40)
+    y = torch.randint(0, 5, (40,), generator=torch.Generator().manual_seed(2))
+    d1, d2 = landscape.random_directions(model, n=2, seed=1)
+    assert torch.count_nonzero(d1[1]) == 0  # the bias stays put
+    xs, ys = np.linspace(-1, 1, 5), np.array([-0.5, 0.0, 0.75])
+    s = landscape.surface_2d(model, x, y, (d1, d2), xs, ys, batch_size=16, progress=False)
+    assert s.nll.shape == (3, 5) and s.ndim == 2 and s.n_images == 40
+
+    W, b = (p.detach().double() for p in model[1].parameters())
+    D1, D2 = d1[0].double(), d2[0].double()
+    X = x.flatten(1).double()
+    for i, yy in enumerate(ys):
+        for j, xx in enumerate(xs):
+            Wp = W + xx * D1 + yy * D2
+            logits = X @ Wp.T + b
+            assert s.nll[i, j] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+            assert s.acc[i, j] == pytest.approx(100 * (logits.argmax(1) == y).double().mean().item())
+            # the weight term in closed form: 0.05 (‖W + x D1 + y D2‖ + ‖b‖) from the Gram entries
+            sq = ((W * W).sum() + xx ** 2 * (D1 * D1).sum() + yy ** 2 * (D2 * D2).sum() + 2 * xx * (W * D1).sum()
+                  + 2 * yy * (W * D2).sum() + 2 * xx * yy * (D1 * D2).sum())
+            assert s.l2[i, j] == pytest.approx(0.05 * (math.sqrt(sq) + b.norm().item()), rel=1e-6)
+    np.testing.assert_array_equal(s.loss(with_l2=True), s.nll + s.l2)
+    np.testing.assert_array_equal(s.loss(with_l2=False), s.nll)
+
+
+def test_line_towards_zero_weights_is_exact():
+    """Along d = w₀ (no bias) the logits scale by 1 + x: at x = -1 they vanish, NLL = ln C exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 4, bias=False)).eval()
+    x, y = tiny_data(12)
+    w0 = model[1].weight.detach().clone()
+    s = landscape.surface_1d(model, x, y, [w0], [-1.0, 0.0, 1.0], l2_coef=0.1, progress=False)
+    assert s.ys is None and s.ndim == 1
+    assert s.nll[0] == pytest.approx(math.log(4), rel=1e-7)
+    assert s.acc[0] == pytest.approx(100 * (y == 0).double().mean().item())  # argmax of ties is class 0
+    np.testing.assert_allclose(s.l2, 0.1 * np.array([0.0, 1.0, 2.0]) * w0.norm().item(), rtol=1e-6, atol=1e-7)
+    logits = x.flatten(1) @ w0.T
+    assert s.nll[1] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    assert s.nll[2] == pytest.approx(F.cross_entropy(2 * logits, y).item(), rel=1e-6)
+
+
+def test_centre_equals_a_plain_evaluation_in_eval_mode():
+    model = tiny_net().train()  # eval mode is the surface's business: running statistics are used
+    x, y = tiny_data(10)
+    d = landscape.random_directions(model, n=1)[0]
+    s = landscape.surface_1d(model, x, y, d, [0.0, 0.5], batch_size=3, progress=False)
+    ref = train.evaluate(model, x, y)
+    assert model.training  # mode restored
+    assert s.nll[0] == pytest.approx(ref["nll"], rel=1e-6) and s.acc[0] == pytest.approx(ref["acc"])
+    assert s.nll[1] != pytest.approx(s.nll[0])
+
+
+def test_weights_are_restored_bit_exactly():
+    model = tiny_net()
+    x, y = tiny_data(10)
+    before, ptrs = snapshot(model), [p.data_ptr() for p in model.parameters()]
+    d = landscape.random_directions(model, n=2)
+    landscape.surface_2d(model, x, y, d, [-1, 0.3, 1], [-0.7, 1], batch_size=4, progress=False)
+    assert_bit_exact(model, before, ptrs)
+    landscape.surface_2d(model, x, y, d, [-1, 0.3, 1], [-0.7, 1], batch_size=4, progress=False, points_per_pass=4)
+    assert_bit_exact(model, before, ptrs)
+
+
+class Exploding(nn.Module):
+    """Wraps a model and raises on its ``fail_at``-th forward call."""
+
+    def __init__(self, net: nn.Module, fail_at: int = 3):
+        super().__init__()
+        self.net, self.calls, self.fail_at = net, 0, fail_at
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("boom")
+        return self.net(x)
+
+
+@pytest.mark.parametrize("points_per_pass", [1, 2])
+def test_weights_are_restored_when_an_error_interrupts(points_per_pass):
+    model = Exploding(tiny_net()).train()
+    x, y = tiny_data(10)
+    before, ptrs = snapshot(model), [p.data_ptr() for p in model.parameters()]
+    d = landscape.random_directions(model, n=2)
+    with pytest.raises(RuntimeError, match="boom"):  # 2 chunks per point: fails inside point 2
+        landscape.surface_2d(model, x, y, d, [0.5, 1.0], [1.0, 2.0], batch_size=5, progress=False,
+                             points_per_pass=points_per_pass)
+    assert model.calls == 3 and model.training
+    assert_bit_exact(model, before, ptrs)
+
+
+@pytest.mark.parametrize("name", ["resnet", "vit", "alternet"])
+def test_batched_points_equal_sequential(name):
+    torch.manual_seed(0)
+    model = models.build(name, img_size=8).eval()
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 3, 7, 9])
+    d = landscape.random_directions(model, n=2)
+    kw = dict(batch_size=2, progress=False)
+    one = landscape.surface_2d(model, x, y, d, [-0.6, 0.0, 0.4], [0.0, 0.5], **kw)
+    many = landscape.surface_2d(model, x, y, d, [-0.6, 0.0, 0.4], [0.0, 0.5], points_per_pass=4, **kw)
+    np.testing.assert_allclose(many.nll, one.nll, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(many.l2, one.l2, rtol=1e-5)
+    np.testing.assert_array_equal(many.acc, one.acc)
+    assert np.ptp(one.nll) > 0.01  # the grid points really differ
+
+
+def test_surface_argument_errors():
+    model = tiny_net()
+    x, y = tiny_data(4)
+    d = landscape.random_directions(model, n=2)
+    with pytest.raises(ValueError, match="list of directions"):
+        landscape.surface_1d(model, x, y, d, [0.0], progress=False)
+    with pytest.raises(ValueError, match="tensors but the model has"):
+        landscape.surface_1d(model, x, y, d[0][:-1], [0.0], progress=False)
+    with pytest.raises(ValueError, match="shape"):
+        landscape.surface_1d(model, x, y, [t.T if t.dim() == 2 else t for t in d[0]], [0.0], progress=False)
+    with pytest.raises(ValueError, match="two directions"):
+        landscape.surface_2d(model, x, y, d[:1], [0.0], [0.0], progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        landscape.surface_1d(model, x, y, d[0], [0.0], batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="points_per_pass"):
+        landscape.surface_1d(model, x, y, d[0], [0.0], points_per_pass=0, progress=False)
+    with pytest.raises(ValueError, match="coords"):
+        landscape.surface_1d(model, x, y, d[0], [], progress=False)
+    with pytest.raises(ValueError, match="equal length"):
+        landscape.surface_1d(model, x, y[:3], d[0], [0.0], progress=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sharpness
+
+
+def parabola_surface(two_d: bool = False) -> landscape.Surface:
+    xs = np.linspace(-1, 1, 21)
+    nll = 3 * xs ** 2 + 0.5 * xs + 1
+    l2 = 0.1 + 0.2 * xs ** 2
+    acc = np.full_like(xs, 90.0)
+    if not two_d:
+        return landscape.Surface(xs, None, nll, acc, l2, 0.05, 8)
+    ys = np.array([-0.5, 0.0, 0.5])
+    junk = np.array([[7.0] * 21, [0.0] * 21, [9.0] * 21])
+    return landscape.Surface(xs, ys, junk + np.array([0, 1, 0])[:, None] * nll, np.tile(acc, (3, 1)),
+                             junk * 0 + l2, 0.05, 8)
+
+
+@pytest.mark.parametrize("two_d", [False, True])
+def test_sharpness_of_a_parabola_is_exact(two_d):
+    s = landscape.sharpness(parabola_surface(two_d))
+    assert s["x_left"] == -1 and s["x_right"] == 1
+    assert s["nll_centre"] == pytest.approx(1.0) and s["loss_centre"] == pytest.approx(1.1)
+    assert s["rise_nll_left"] == pytest.approx(2.5) and s["rise_nll_right"] == pytest.approx(3.5)
+    assert s["rise_nll"] == pytest.approx(3.0)
+    assert s["rise_loss_left"] == pytest.approx(2.7) and s["rise_loss_right"] == pytest.approx(3.7)
+    assert s["rise_loss"] == pytest.approx(3.2)
+    assert s["curvature"] == pytest.approx(6.0, rel=1e-9) and s["fit_a"] == pytest.approx(3.0, rel=1e-9)
+    assert s["fit_b"] == pytest.approx(0.5, rel=1e-9) and s["fit_c"] == pytest.approx(1.0, rel=1e-9)
+    assert s["fit_halfwidth"] == pytest.approx(0.25) and s["fit_points"] == 5  # x = -0.2 ... 0.2
+
+
+def test_sharpness_fit_uses_only_the_centre_window():
+    surface = parabola_surface()
+    nll = surface.nll + np.where(np.abs(surface.xs) > 0.25, 10 * np.abs(surface.xs) ** 3, 0.0)
+    s = landscape.sharpness(landscape.Surface(surface.xs, None, nll, surface.acc, surface.l2, 0.05, 8))
+    assert s["curvature"] == pytest.approx(6.0, rel=1e-9)  # the far points do not enter the fit
+    assert s["rise_nll_right"] == pytest.approx(13.5)
+
+
+def test_sharpness_errors():
+    s = parabola_surface()
+    with pytest.raises(ValueError, match="must contain 0"):
+        landscape.sharpness(landscape.Surface(s.xs + 0.05, None, s.nll, s.acc, s.l2, 0.05, 8))
+    coarse = np.array([-1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="at least 3"):
+        landscape.sharpness(landscape.Surface(coarse, None, coarse ** 2, coarse, coarse, 0.05, 8))
+    two = parabola_surface(two_d=True)
+    with pytest.raises(ValueError, match="ys must contain 0"):
+        landscape.sharpness(landscape.Surface(two.xs, two.ys + 0.1, two.nll, two.acc, two.l2, 0.05, 8))
+
+
+# --------------------------------------------------------------------------------------------------
+# Trajectory in polar form
+
+
+def test_polar_trajectory_by_hand():
+    final = torch.zeros(2)
+    snaps = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.5]), torch.tensor([-0.25, 0.0]),
+             torch.tensor([0.3, 0.3]), torch.zeros(2)]
+    t = landscape.polar_trajectory(snaps, final, epochs=[0, 1, 2, 3, 4])
+    assert t.epoch == [0, 1, 2, 3, 4]
+    assert t.r == pytest.approx([1.0, 0.5, 0.25, 0.3 * math.sqrt(2), 0.0])
+    assert t.theta_deg == pytest.approx([0.0, 90.0, 180.0, 45.0, 0.0])
+    # relative to a non-zero w*: only differences matter
+    shifted = landscape.polar_trajectory([s + 2 for s in snaps], final + 2)
+    assert shifted.r == pytest.approx(t.r) and shifted.theta_deg == pytest.approx(t.theta_deg)
+    assert shifted.epoch == [0, 1, 2, 3, 4]
+    assert t.as_dict() == {"epoch": t.epoch, "r": t.r, "theta_deg": t.theta_deg}
+
+
+def test_polar_trajectory_errors():
+    with pytest.raises(ValueError, match="no snapshots"):
+        landscape.polar_trajectory([], torch.zeros(2))
+    with pytest.raises(ValueError, match="equals the final"):
+        landscape.polar_trajectory([torch.ones(2)], torch.ones(2))
+    with pytest.raises(ValueError, match="3 epoch labels for 2"):
+        landscape.polar_trajectory([torch.ones(2), torch.zeros(2)], torch.zeros(2), epochs=[0, 1, 2])
+
+
+@pytest.mark.parametrize("own_folder", [True, False])
+def test_snapshot_folder_round_trip_and_removal(tmp_path, own_folder):
+    model = nn.Linear(3, 2)
+    folder = landscape.SnapshotFolder(tmp_path / "run.trajectory" if own_folder else None)
+    flats = []
+    for epoch in range(3):
+        folder.save(epoch, model)
+        flats.append(landscape.flat_parameters(model))
+        with torch.no_grad():
+            model.weight.mul_(0.5)
+    assert folder.epochs() == [0, 1, 2]
+    assert torch.equal(torch.load(folder.path(1), weights_only=True), flats[1])
+    final = flats[-1]
+    got = folder.trajectory(final)
+    want = landscape.polar_trajectory(flats, final, [0, 1, 2])
+    assert got.r == want.r and got.theta_deg == want.theta_deg and got.r[-1] == 0.0
+    path = folder.folder
+    folder.remove()
+    assert not path.exists()
+
+
+def test_snapshot_folder_needs_epoch_zero(tmp_path):
+    folder = landscape.SnapshotFolder(tmp_path / "t")
+    folder.save(1, nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="epoch-0"):
+        folder.trajectory(torch.zeros(6))
