@@ -43,8 +43,11 @@ def test_record_has_full_provenance(tmp_path):
     assert [h["epoch"] for h in record["history"]] == [1, 2]
     assert set(record["snapshots"]) == {"warmup"}  # end of the one warm-up epoch
     assert all(v.dtype in (torch.float16, torch.int64) for v in record["weights"].values())
+    traj = record["trajectory"]  # polar trajectory from per-epoch snapshots, only numbers kept
+    assert traj["epoch"] == [0, 1, 2] and traj["r"][0] == 1.0 and traj["r"][-1] == 0.0
+    assert traj["theta_deg"][0] == 0.0 and 0 < traj["r"][1] and 0 < traj["theta_deg"][1] < 180
     assert out.exists() and not train.resume_path(out).exists()  # resume state removed when done
-    assert [p.name for p in tmp_path.iterdir()] == ["vit.pt"]     # no temp files left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["vit.pt"]     # no temp files or snapshots left
     # the stored test metrics are those of the stored float16 weights
     model = models.build("vit", **record["build"])
     train.load_half_state_dict(model, record["weights"])
@@ -62,10 +65,12 @@ def test_resume_after_interruption_is_exact(tmp_path):
     out = tmp_path / "b.pt"
     assert train.train("vit", "synthetic", recipe=recipe, out=out, progress=False, stop_after_epochs=1) is None
     assert train.resume_path(out).exists() and not out.exists()
+    assert (tmp_path / "b.pt.trajectory").is_dir()  # the snapshots survive the interruption
     resumed = train.train("vit", "synthetic", recipe=recipe, out=out, progress=False, resume=True)
     for k, v in straight["weights"].items():
         assert torch.equal(v, resumed["weights"][k]), k
     assert straight["history"] == resumed["history"]
+    assert straight["trajectory"] == resumed["trajectory"]
     assert torch.equal(straight["snapshots"]["warmup"]["net.head.weight"],
                        resumed["snapshots"]["warmup"]["net.head.weight"])
 
