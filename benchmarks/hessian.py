@@ -34,7 +34,7 @@ try:
 except ImportError:  # pragma: no cover - only without the benchmark peers
     sys.exit("PyHessian is not installed: run `make bench` (it installs the peers into .bench-peers)")
 
-MODEL, BATCH, K, TOL, SEED = "vit", 64, 5, 1e-3, 0
+MODEL, BATCH, K, TOL, SEED = "vit", 32, 5, 1e-3, 0
 
 
 def _sorted(values) -> np.ndarray:
