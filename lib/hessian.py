@@ -8,7 +8,8 @@ released; this module is a complete, tested implementation.
 * :class:`HessianOperator` gives Hessian-vector products H·v by double backward. The gradient
   graph is built once per batch and reused by every product (one extra backward each).
 * :func:`lanczos_eigs` finds the top-k eigenvalues by magnitude with the Lanczos method and full
-  re-orthogonalisation, stopping when each wanted Ritz pair has a relative residual below ``tol``.
+  re-orthogonalisation, stopping when each wanted Ritz pair has a relative residual below ``tol``
+  (which bounds the relative error of the eigenvalue).
   It needs several times fewer products than :func:`power_iteration` (deflated power iteration,
   as PyHessian does), which is kept for comparison.
 * :func:`batch_spectra` runs one of them on each of a series of augmented training batches.
@@ -119,42 +120,95 @@ def _random_unit(dim: int, generator: torch.Generator, device, dtype=torch.float
     return v / v.norm()
 
 
+class _Basis:
+    """Rows of an orthonormal Krylov basis in float64, in storage that grows by doubling.
+
+    Allocating ``max_iter`` rows up front would cost ~1 GB and the time to zero it for a
+    million-parameter model, when a few dozen rows are typically used.
+    """
+
+    def __init__(self, dim: int, device: torch.device, capacity: int = 16) -> None:
+        self.rows = torch.empty(capacity, dim, dtype=torch.float64, device=device)
+        self.n = 0
+
+    def append(self, q: torch.Tensor) -> None:
+        if self.n == len(self.rows):
+            grown = torch.empty(2 * len(self.rows), self.rows.shape[1], dtype=torch.float64, device=self.rows.device)
+            grown[: self.n] = self.rows
+            self.rows = grown
+        self.rows[self.n] = q
+        self.n += 1
+
+    def view(self) -> torch.Tensor:
+        return self.rows[: self.n]
+
+    def orthogonalise(self, w: torch.Tensor) -> torch.Tensor:
+        """w minus its projection on the basis, twice ("twice is enough" for Gram–Schmidt)."""
+        b = self.view()
+        for _ in range(2):
+            w = w - b.T @ (b @ w)
+        return w
+
+
 def _by_magnitude(values: np.ndarray) -> np.ndarray:
     return np.argsort(-np.abs(values), kind="stable")
 
 
+CRITERIA = ("eigenvalue", "residual")
+
+
+def _error_bounds(ritz: np.ndarray, residual: np.ndarray, top: np.ndarray, criterion: str) -> np.ndarray:
+    """Bounds on |θ − λ| for the wanted Ritz values ``ritz[top]`` with residual norms ``residual``.
+
+    For a symmetric operator a Ritz value with residual r lies within r of an eigenvalue, and
+    within r²/gap once r is small against the gap to the rest of the spectrum (estimated by the
+    distance to the nearest other Ritz value) — the usual a-posteriori bound of Lanczos codes.
+    """
+    if criterion == "residual" or len(ritz) == 1:
+        return residual
+    others = np.abs(ritz[top][:, None] - ritz[None, :])
+    others[np.arange(len(top)), top] = np.inf
+    gap = others.min(axis=1)
+    return np.minimum(residual, residual ** 2 / np.maximum(gap, 1e-300))
+
+
 def lanczos_eigs(op: MatVec, dim: int, k: int = 5, tol: float = 1e-3, max_iter: int = 100,
                  seed: int = 0, device: torch.device | str = "cpu", return_vectors: bool = False,
-                 check_every: int = 1) -> Eigs:
+                 check_every: int = 1, criterion: str = "residual") -> Eigs:
     """The ``k`` eigenvalues of largest magnitude of a symmetric operator by Lanczos.
 
     Full re-orthogonalisation (classical Gram–Schmidt, applied twice, in float64) keeps the basis
-    orthonormal, so no spurious copies of converged eigenvalues appear. A Ritz pair (θ, u) is
-    accepted when its residual ‖H·u − θ·u‖ = |β_m · s_m| is at most ``tol·|θ|`` — a stricter test
-    than "the estimate changed by less than tol" used by power iteration.
+    orthonormal, so no spurious copies of converged eigenvalues appear. Each Ritz pair (θ, u) has
+    the residual r = ‖H·u − θ·u‖ = |β_m · s_m| for free, and θ lies within r of an eigenvalue.
+    ``criterion="residual"`` (default) stops when r ≤ ``tol·|θ|`` for every wanted pair: a
+    guaranteed relative accuracy ``tol`` — stricter than power iteration's "the estimate changed
+    by less than tol", which stalls short of it. ``criterion="eigenvalue"`` stops on the usual
+    sharper estimate min(r, r²/gap), with the gap taken from the other Ritz values: fewer
+    products, but optimistic while the gap is misjudged (measured: 3% error at tol 1e-2 on a
+    ViT's top 5, whose 4th and 5th eigenvalues sit next to the bulk of the spectrum).
     """
     if not 1 <= k <= dim:
         raise ValueError(f"k must be in [1, dim={dim}], got {k}")
     if tol <= 0:
         raise ValueError(f"tol must be > 0, got {tol}")
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     max_iter = min(max_iter, dim)
-    basis = torch.zeros(max_iter, dim, dtype=torch.float64, device=device)
+    basis = _Basis(dim, device)
     alphas: list[float] = []
     betas: list[float] = []
     q = _random_unit(dim, gen, device)
     n_products, converged = 0, False
     ritz, s_vecs = np.zeros(0), np.zeros((0, 0))
     for j in range(max_iter):
-        basis[j] = q
+        basis.append(q)
         w = op(q.float()).double()
         n_products += 1
         alpha = torch.dot(w, q).item()
         alphas.append(alpha)
-        b = basis[: j + 1]
-        for _ in range(2):  # w ← (I − Q Qᵀ) w, twice ("twice is enough")
-            w = w - b.T @ (b @ w)
+        w = basis.orthogonalise(w)  # w ← (I − Q Qᵀ) w
         beta = w.norm().item()
         last = j + 1 == max_iter
         invariant = beta < 1e-10 * max(1.0, max(abs(a) for a in alphas))
@@ -163,9 +217,10 @@ def lanczos_eigs(op: MatVec, dim: int, k: int = 5, tol: float = 1e-3, max_iter: 
             ritz, s_vecs = np.linalg.eigh(t)
             top = _by_magnitude(ritz)[:k]
             residual = np.abs(beta * s_vecs[-1, top])
+            bound = _error_bounds(ritz, residual, top, criterion)
             # An invariant Krylov subspace makes its Ritz values exact (there may be fewer than k:
             # the start vector missed the rest of the spectrum, which happens only for tiny ops).
-            if invariant or (len(top) == k and np.all(residual <= tol * np.abs(ritz[top]))):
+            if invariant or (len(top) == k and np.all(bound <= tol * np.abs(ritz[top]))):
                 converged = True
                 break
         if last:
@@ -176,7 +231,7 @@ def lanczos_eigs(op: MatVec, dim: int, k: int = 5, tol: float = 1e-3, max_iter: 
     vectors = None
     if return_vectors:
         m = len(alphas)
-        vectors = (torch.from_numpy(s_vecs[:, top].T.copy()).to(device) @ basis[:m]).float()
+        vectors = (torch.from_numpy(s_vecs[:, top].T.copy()).to(device) @ basis.view()[:m]).float()
     return Eigs(values=ritz[top].astype(np.float64), n_products=n_products, converged=converged,
                 vectors=vectors)
 
@@ -380,15 +435,13 @@ class SpectralDensity:
 def _lanczos_tridiagonal(op: MatVec, q: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """``steps`` Lanczos steps from unit vector ``q`` with full re-orthogonalisation: (alphas, betas)."""
     dim = q.numel()
-    basis = torch.zeros(steps, dim, dtype=torch.float64, device=q.device)
+    basis = _Basis(dim, q.device)
     alphas, betas = [], []
     for j in range(steps):
-        basis[j] = q
+        basis.append(q)
         w = op(q.float()).double()
         alphas.append(torch.dot(w, q).item())
-        b = basis[: j + 1]
-        for _ in range(2):
-            w = w - b.T @ (b @ w)
+        w = basis.orthogonalise(w)
         beta = w.norm().item()
         if j + 1 == steps or beta < 1e-10 * max(1.0, max(abs(a) for a in alphas)):
             break

@@ -258,3 +258,18 @@ def test_slq_on_a_model_hessian_has_the_right_trace():
     exact = torch.linalg.eigvalsh(h).numpy()
     nodes = np.sort(dens.nodes[0][dens.weights[0] > 1e-12])
     assert np.max(np.abs(nodes[:, None] - exact[None]).min(axis=1)) < 1e-3
+
+
+def test_both_criteria_meet_their_tolerance_here_and_the_estimate_needs_fewer_products():
+    values = [40.0, -25.0, 24.0, 9.0, 8.5] + list(np.linspace(-2, 2, 75))
+    truth = np.array([40.0, -25.0, 24.0])
+    for tol in (1e-2, 1e-3, 1e-5):
+        by_value = hessian.lanczos_eigs(SymmetricOp(spectrum_matrix(values, seed=1)), 80, k=3, tol=tol, seed=2,
+                                        criterion="eigenvalue")
+        by_residual = hessian.lanczos_eigs(SymmetricOp(spectrum_matrix(values, seed=1)), 80, k=3, tol=tol, seed=2)
+        assert by_value.converged and by_residual.converged
+        assert np.all(np.abs(by_value.values - truth) <= tol * np.abs(truth) + 1e-5)
+        assert np.all(np.abs(by_residual.values - truth) <= tol * np.abs(truth) + 1e-5)
+        assert by_value.n_products <= by_residual.n_products
+    with pytest.raises(ValueError, match="unknown criterion 'change'; choose one of eigenvalue, residual"):
+        hessian.lanczos_eigs(SymmetricOp(spectrum_matrix(values)), 80, criterion="change")
