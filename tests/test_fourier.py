@@ -1,0 +1,371 @@
+"""Fourier analysis: closed forms on cosines and checkerboards, known filters come out low-pass or
+high-pass by exactly log 9, band noise stays in its band at its stated RMS, the ideal low-pass
+filter's ends are the identity and the mean, and the robustness measurements reproduce an
+independent computation."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
+
+from lib import blocks, fourier, models, train  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids waiting on parallel regions on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def diagonal_cosine(n: int, k0: int, a: float, b: float) -> torch.Tensor:
+    """``a + b·cos(2π k0 (i + j) / n)`` on an ``n × n`` grid, float64."""
+    i = torch.arange(n, dtype=torch.float64)
+    return a + b * torch.cos(2 * math.pi * k0 * (i[:, None] + i[None, :]) / n)
+
+
+# --------------------------------------------------------------------------------------------------
+# Frequencies and the relative log amplitude
+
+
+def test_frequencies_in_units_of_pi():
+    assert fourier.frequencies(8).tolist() == [-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75]
+    assert fourier.frequencies(8, shifted=False).tolist() == [0.0, 0.25, 0.5, 0.75, -1.0, -0.75, -0.5, -0.25]
+    torch.testing.assert_close(fourier.frequencies(7), torch.tensor([-6, -4, -2, 0, 2, 4, 6], dtype=torch.float64) / 7)
+    r = fourier.radius(4, 3)
+    assert r.shape == (4, 3)
+    torch.testing.assert_close(r[2], torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64))  # Nyquist row
+    torch.testing.assert_close(r[1], torch.tensor([0.5, 2 / 3, 2 / 3], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n,expected", [(28, [2 * k / 28 for k in range(15)]), (7, [0, 2 / 7, 4 / 7, 6 / 7]),
+                                        (8, [0, 0.25, 0.5, 0.75, 1.0])])
+def test_profile_frequencies_and_zero_at_dc(n, expected):
+    feats = torch.randn(3, 5, n, n, generator=torch.Generator().manual_seed(0))
+    prof = fourier.relative_log_amplitude(feats)
+    np.testing.assert_allclose(prof.freq, expected, rtol=0, atol=1e-15)
+    assert len(prof.delta) == n // 2 + 1 and prof.delta[0] == 0.0
+    assert prof.n_maps == 15
+    assert prof.high == prof.delta[-1]
+
+
+@pytest.mark.parametrize("n,k0", [(8, 2), (7, 3), (28, 5)])
+def test_cosine_closed_form(n, k0):
+    """a + b·cos along the diagonal: only bins 0 and (±k0, ±k0) are non-zero (amplitudes a·n², b·n²/2)."""
+    a, b = 0.3, 2.0
+    img = diagonal_cosine(n, k0, a, b).expand(2, 3, n, n)
+    prof = fourier.relative_log_amplitude(img)
+    dc = math.log(a * n * n + fourier.FLOOR)
+    expected = np.full(n // 2 + 1, math.log(fourier.FLOOR) - dc)
+    expected[0] = 0.0
+    expected[k0] = math.log(b * n * n / 2 + fourier.FLOOR) - dc
+    np.testing.assert_allclose(prof.delta, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(prof.log_amplitude[0], dc, rtol=1e-12)
+
+
+def test_checkerboard_reaches_pi_on_even_grids():
+    """(-1)^(i+j) lives only in the Nyquist bin (π, π): the last point of an even profile."""
+    n = 28
+    i = torch.arange(n)
+    board = 0.5 + 0.25 * (-1.0) ** (i[:, None] + i[None, :]).double()
+    prof = fourier.relative_log_amplitude(board.expand(1, 1, n, n))
+    assert prof.freq[-1] == 1.0
+    expected = math.log(0.25 * n * n + fourier.FLOOR) - math.log(0.5 * n * n + fourier.FLOOR)
+    assert prof.delta[-1] == pytest.approx(expected, abs=1e-6)  # -log 2
+    np.testing.assert_allclose(prof.delta[1:-1], math.log(fourier.FLOOR) - math.log(0.5 * n * n), atol=1e-6)
+
+
+def test_mean_of_logs_not_log_of_mean():
+    """Two maps with cosine amplitudes b1, b2: the average is of the logs (geometric mean)."""
+    n, k0, a = 8, 1, 1.0
+    maps = torch.stack([diagonal_cosine(n, k0, a, 1.0), diagonal_cosine(n, k0, a, 4.0)]).unsqueeze(1)
+    prof = fourier.relative_log_amplitude(maps)
+    expected = 0.5 * (math.log(n * n / 2 + 1e-6) + math.log(4 * n * n / 2 + 1e-6)) - math.log(n * n + 1e-6)
+    assert prof.delta[k0] == pytest.approx(expected, abs=1e-9)
+    assert prof.delta[k0] != pytest.approx(math.log(2.5 * n * n / 2) - math.log(n * n), abs=1e-3)
+
+
+def test_spectrum_is_shifted_and_matches_the_profile():
+    feats = torch.randn(4, 3, 7, 7, generator=torch.Generator().manual_seed(1))
+    spec = fourier.log_amplitude_spectrum(feats)
+    prof = fourier.relative_log_amplitude(feats)
+    assert spec.shape == (7, 7) and spec.dtype == torch.float64
+    centre = 7 // 2
+    diag = [spec[centre - k, centre - k].item() for k in range(4)]  # centre towards the top-left corner
+    np.testing.assert_allclose(diag, prof.log_amplitude, rtol=1e-12)
+    rel = fourier.log_amplitude_spectrum(feats, relative=True)
+    assert rel[centre, centre] == 0.0
+    torch.testing.assert_close(rel, spec - spec[centre, centre])
+    # real maps: the spectrum is symmetric under f -> -f (point reflection about the centre)
+    torch.testing.assert_close(spec, spec.flip(0, 1))  # odd size: the centre is the middle
+
+
+def test_tokens_drop_cls_before_the_fft():
+    maps = torch.randn(2, 6, 7, 7, generator=torch.Generator().manual_seed(2))
+    tokens = torch.cat([torch.full((2, 1, 6), 1e3), maps.flatten(2).transpose(1, 2)], dim=1)  # huge CLS
+    np.testing.assert_array_equal(fourier.relative_log_amplitude(tokens).delta,
+                                  fourier.relative_log_amplitude(maps).delta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Known filters
+
+
+def depthwise(x: torch.Tensor, kernel: list[list[float]], circular: bool) -> torch.Tensor:
+    c = x.shape[1]
+    weight = torch.tensor(kernel, dtype=x.dtype).expand(c, 1, 3, 3)
+    if circular:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="circular"), weight, groups=c)
+    return F.conv2d(x, weight, padding=1, groups=c)
+
+
+BOX = [[1 / 9] * 3] * 3
+SHARPEN = [[0, -1, 0], [-1, 5, -1], [0, -1, 0]]  # identity minus the Laplacian: gain 1 at 0, 9 at (π, π)
+LAPLACIAN = [[0, 1, 0], [1, -4, 1], [0, 1, 0]]
+
+
+@pytest.mark.parametrize("kernel,expected", [(BOX, -math.log(9)), (SHARPEN, math.log(9))])
+def test_known_filters_exactly(kernel, expected):
+    """A circular convolution multiplies every bin by the kernel's gain, so with a mean of logs the
+    high-frequency change is exactly log|gain(π, π)| − log|gain(0, 0)|, whatever the input."""
+    x = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    change = fourier.high_frequency_change(x, depthwise(x, kernel, circular=True))
+    assert change == pytest.approx(expected, abs=1e-5)
+
+
+def test_box_blur_is_low_pass_and_laplacian_high_pass_with_zero_padding():
+    x = torch.rand(8, 3, 28, 28, generator=torch.Generator().manual_seed(4))
+    assert fourier.high_frequency_change(x, depthwise(x, BOX, circular=False)) < -1.5
+    assert fourier.high_frequency_change(x, depthwise(x, LAPLACIAN, circular=False)) > 1.5
+    before, after = fourier.relative_log_amplitude(x), fourier.relative_log_amplitude(depthwise(x, BOX, False))
+    assert fourier.high_frequency_change(before, after) == pytest.approx(after.high - before.high)
+
+
+# --------------------------------------------------------------------------------------------------
+# Units of zoo models
+
+
+@pytest.mark.parametrize("name", ["resnet", "vit", "pit"])
+def test_unit_profiles_match_a_direct_computation(name):
+    torch.manual_seed(0)
+    model = models.build(name).eval()
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    profiles = fourier.unit_profiles(model, x, batch_size=3, progress=False)  # chunks of 3 and 1
+    units = blocks.blocks(model)
+    body = [u for u in units if u.kind != "head"]
+    assert [p.name for p in profiles] == [u.name for u in body]
+    assert [p.kind for p in profiles] == [u.kind for u in body]
+    assert [p.stage for p in profiles] == [u.stage for u in body]
+    assert "head" not in {p.kind for p in profiles}
+    with torch.no_grad():
+        _, outs = blocks.run_blocks(units, x, keep=True)
+    previous = fourier.relative_log_amplitude(x)
+    for p, out in zip(profiles, outs):
+        direct = fourier.relative_log_amplitude(blocks.as_grid(out))
+        assert p.profile.delta[0] == 0.0
+        np.testing.assert_allclose(p.profile.delta, direct.delta, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(p.spectrum, fourier.log_amplitude_spectrum(out).numpy(), rtol=1e-6, atol=1e-6)
+        assert p.change == pytest.approx(direct.high - previous.high, abs=1e-5)  # float32 models
+        previous = direct
+    if name == "resnet":
+        assert [len(p.profile.delta) for p in profiles] == [15, 15, 15, 8, 8, 4, 4]
+    if name == "vit":
+        assert {len(p.profile.delta) for p in profiles} == {4} and len(profiles) == 13
+
+
+def test_unit_profiles_restore_the_mode_and_reject_other_models():
+    model = models.build("vit").train()
+    fourier.unit_profiles(model, torch.rand(2, 1, 28, 28), progress=False)
+    assert model.training
+    with pytest.raises(TypeError, match="zoo model"):
+        fourier.unit_profiles(nn.Conv2d(1, 1, 3), torch.rand(2, 1, 28, 28), progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        fourier.unit_profiles(model, torch.rand(2, 1, 28, 28), batch_size=0, progress=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Band-limited noise
+
+
+@pytest.mark.parametrize("centre,count", [(0.1, 24), (0.5, 56), (0.9, 200)])
+def test_band_mask_rings(centre, count):
+    """On 28×28 the radii are k/14; the Chebyshev ring of radius k holds 8k bins."""
+    mask = fourier.band_mask(28, 28, centre, 0.1)
+    assert int(mask.sum()) == count
+    r = fourier.radius(28, 28)[mask]
+    assert r.min() >= centre - 0.05 and r.max() <= centre + 0.05
+    neg = (-torch.arange(28)) % 28  # the bin of -f
+    assert torch.equal(mask, mask[neg][:, neg])  # symmetric, so real noise stays real
+
+
+@pytest.mark.parametrize("centre", fourier.BANDS)
+def test_band_noise_stays_in_its_band_at_its_rms(centre):
+    eps = 0.07
+    noise = fourier.band_noise((5, 2, 28, 28), centre, eps=eps, generator=torch.Generator().manual_seed(6))
+    assert noise.shape == (5, 2, 28, 28) and noise.dtype == torch.float32
+    power = torch.fft.fft2(noise.double()).abs().pow(2)
+    outside = power[..., ~fourier.band_mask(28, 28, centre)].sum()
+    assert outside / power.sum() < 1e-10
+    rms = noise.double().pow(2).mean(dim=(1, 2, 3)).sqrt()
+    torch.testing.assert_close(rms, torch.full((5,), eps, dtype=torch.float64), rtol=1e-6, atol=0)
+    norm = noise.double().flatten(1).norm(dim=1)
+    torch.testing.assert_close(norm, torch.full((5,), eps * math.sqrt(2 * 28 * 28), dtype=torch.float64),
+                               rtol=1e-6, atol=0)
+
+
+def test_band_noise_is_reproducible():
+    a = fourier.band_noise((2, 1, 28, 28), 0.3, generator=torch.Generator().manual_seed(7))
+    b = fourier.band_noise((2, 1, 28, 28), 0.3, generator=torch.Generator().manual_seed(7))
+    c = fourier.band_noise((2, 1, 28, 28), 0.3, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_band_noise_rejects_bad_arguments():
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="band_center"):
+        fourier.band_noise((1, 1, 28, 28), 1.5, generator=g)
+    with pytest.raises(ValueError, match="width"):
+        fourier.band_noise((1, 1, 28, 28), 0.5, width=0.0, generator=g)
+    with pytest.raises(ValueError, match="eps"):
+        fourier.band_noise((1, 1, 28, 28), 0.5, eps=-0.1, generator=g)
+    with pytest.raises(ValueError, match=r"shape must be \(N, C, H, W\)"):
+        fourier.band_noise((28, 28), 0.5, generator=g)
+    with pytest.raises(ValueError, match=r"no frequency of a 4×4 grid.*radii are \[0.0, 0.5, 1.0\]"):
+        fourier.band_noise((1, 1, 4, 4), 0.2, generator=g)
+
+
+# --------------------------------------------------------------------------------------------------
+# Low-pass filtering
+
+
+def test_low_pass_ends_are_identity_and_mean():
+    x = torch.rand(3, 2, 28, 28, generator=torch.Generator().manual_seed(9))
+    same = fourier.low_pass(x, 1.0)
+    assert same.dtype == x.dtype and same.shape == x.shape
+    torch.testing.assert_close(same, x, rtol=0, atol=1e-6)
+    flat = fourier.low_pass(x, 0.0)
+    torch.testing.assert_close(flat, x.mean(dim=(2, 3), keepdim=True).expand_as(x), rtol=0, atol=1e-6)
+    x7 = torch.rand(2, 1, 7, 7, generator=torch.Generator().manual_seed(10))  # odd size: no Nyquist bin
+    torch.testing.assert_close(fourier.low_pass(x7, 1.0), x7, rtol=0, atol=1e-6)
+
+
+def test_low_pass_removes_exactly_the_high_frequencies():
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    y = fourier.low_pass(x, 0.5)
+    spec_x, spec_y = torch.fft.fft2(x), torch.fft.fft2(y)
+    keep = fourier.radius(28, 28) <= 0.5
+    assert spec_y[..., ~keep].abs().max() < 1e-12
+    torch.testing.assert_close(spec_y[..., keep], spec_x[..., keep], rtol=0, atol=1e-12)
+    torch.testing.assert_close(fourier.low_pass(y, 0.5), y, rtol=0, atol=1e-12)  # idempotent
+    with pytest.raises(ValueError, match="cutoff"):
+        fourier.low_pass(x, 1.2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Robustness measurements on a tiny model
+
+
+def tiny_setup(n: int = 64):
+    """A random conv net and labels that are its own clean predictions (clean accuracy 100%)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 28 * 28, 4)).eval()
+    x = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    return net, x, y
+
+
+def test_noise_robustness_with_zero_eps_is_the_clean_accuracy():
+    net, x, y = tiny_setup()
+    res = fourier.noise_robustness(net, x, y, eps=0.0, batch_size=16, progress=False)
+    assert res.clean_acc == 100.0
+    np.testing.assert_array_equal(res.acc, np.full(9, res.clean_acc))
+    np.testing.assert_array_equal(res.nll, np.full(9, res.clean_nll))
+    np.testing.assert_array_equal(res.drop, np.zeros(9))
+    np.testing.assert_allclose(res.bands, fourier.BANDS)
+
+
+def test_noise_robustness_matches_an_independent_computation():
+    net, x, y = tiny_setup()
+    bands = (0.2, 0.7)
+    res = fourier.noise_robustness(net, x, y, eps=0.5, bands=bands, seed=3, batch_size=16, progress=False)
+    for i, b in enumerate(bands):
+        noise = fourier.band_noise(x.shape, b, eps=0.5, generator=torch.Generator().manual_seed(3))
+        expected = train.evaluate(net, x + noise, y, batch_size=16)
+        assert res.acc[i] == expected["acc"] and res.nll[i] == pytest.approx(expected["nll"], rel=1e-6)
+    assert res.acc.min() < 100.0  # the noise does something at this level
+    again = fourier.noise_robustness(net, x, y, eps=0.5, bands=bands, seed=3, batch_size=64, progress=False)
+    np.testing.assert_array_equal(again.acc, res.acc)  # batching does not change the noise
+
+
+def test_calibration_is_deterministic_and_reproduced():
+    net, x, y = tiny_setup()
+    kw = dict(target_drop=20.0, bands=(0.3, 0.8), eps_max=4.0, steps=5, batch_size=64, seed=1, progress=False)
+    cal = fourier.calibrate_eps(net, x, y, **kw)
+    again = fourier.calibrate_eps(net, x, y, **kw)
+    assert (cal.eps, cal.drop, cal.band, cal.history) == (again.eps, again.drop, again.band, again.history)
+    assert cal.drop >= 20.0 and cal.band in (0.3, 0.8) and len(cal.history) == 6
+    tested = dict(cal.history)
+    assert tested[cal.eps] == cal.drop and 0 < cal.eps <= 4.0
+    step = 4.0 / 2 ** 5  # the final bracket [eps - step, eps]
+    assert (cal.eps / step).is_integer()
+    if cal.eps > step:  # the bracket's lower end was tested and misses the target
+        assert tested[cal.eps - step] < 20.0
+    res = fourier.noise_robustness(net, x, y, cal.eps, bands=(0.3, 0.8), seed=1, batch_size=64, progress=False)
+    assert -res.drop.min() == cal.drop
+    with pytest.raises(ValueError, match="eps_max=0.001 costs"):
+        fourier.calibrate_eps(net, x, y, **{**kw, "eps_max": 1e-3})
+    with pytest.raises(ValueError, match="target_drop"):
+        fourier.calibrate_eps(net, x, y, **{**kw, "target_drop": 0})
+
+
+def test_low_pass_sweep_matches_an_independent_computation():
+    net, x, y = tiny_setup()
+    res = fourier.low_pass_sweep(net, x, y, cutoffs=(0.0, 0.3, 1.0), batch_size=32, progress=False)
+    for i, c in enumerate((0.0, 0.3, 1.0)):
+        expected = train.evaluate(net, fourier.low_pass(x, c), y, batch_size=32)
+        assert res.acc[i] == expected["acc"]
+    assert res.acc[-1] == res.clean_acc == 100.0
+    assert res.acc[0] < 100.0
+    np.testing.assert_array_equal(res.drop, res.acc - 100.0)
+
+
+def test_robustness_rejects_bad_arguments():
+    net, x, y = tiny_setup(8)
+    with pytest.raises(ValueError, match="bands"):
+        fourier.noise_robustness(net, x, y, eps=0.1, bands=(), progress=False)
+    with pytest.raises(ValueError, match="bands"):
+        fourier.noise_robustness(net, x, y, eps=0.1, bands=(0.5, 1.3), progress=False)
+    with pytest.raises(ValueError, match="eps"):
+        fourier.noise_robustness(net, x, y, eps=float("nan"), progress=False)
+    with pytest.raises(ValueError, match="y must be"):
+        fourier.noise_robustness(net, x, y[:4], eps=0.1, progress=False)
+    with pytest.raises(ValueError, match="x must be"):
+        fourier.noise_robustness(net, x[0], y, eps=0.1, progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        fourier.low_pass_sweep(net, x, y, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="cutoffs"):
+        fourier.low_pass_sweep(net, x, y, cutoffs=(-0.1,), progress=False)
+    with pytest.raises(ValueError, match="steps"):
+        fourier.calibrate_eps(net, x, y, steps=0, progress=False)
+
+
+def test_features_are_checked():
+    with pytest.raises(ValueError, match="square"):
+        fourier.relative_log_amplitude(torch.rand(1, 1, 4, 6))
+    with pytest.raises(ValueError, match="logits"):
+        fourier.relative_log_amplitude(torch.rand(4, 10))
+    with pytest.raises(ValueError, match="empty"):
+        fourier.relative_log_amplitude(torch.rand(0, 3, 4, 4))
+    with pytest.raises(ValueError, match="must be a torch.Tensor"):
+        fourier.relative_log_amplitude(np.zeros((1, 1, 4, 4)))
