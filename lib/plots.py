@@ -68,10 +68,15 @@ def unit_strip(ax: Axes, units: Sequence[Any], title: str = "") -> Axes:
 
 
 def kind_legend(fig: Figure, kinds: Iterable[str] = ("embed", "conv", "msa", "mlp", "pool", "head"),
-                **kwargs: Any) -> None:
-    """A figure legend of unit kinds (and the stage-change marker)."""
+                shading: bool = False, **kwargs: Any) -> None:
+    """A figure legend of unit kinds, and of the stage-change line or (``shading=True``) of the
+    bands drawn by :func:`shade_units`."""
     handles = [Patch(color=KIND_COLORS[k], label=k.upper() if k in ("msa", "mlp") else k) for k in kinds]
-    handles.append(plt.Line2D([], [], color="#08519c", lw=2, label="new stage (subsampling)"))
+    if shading:
+        handles += [Patch(color=MSA_SHADE, label="MSA unit (band)"),
+                    Patch(color=SUBSAMPLE_SHADE, label="subsampling unit (band)")]
+    else:
+        handles.append(plt.Line2D([], [], color="#08519c", lw=2, label="new stage (subsampling)"))
     fig.legend(handles=handles, ncol=len(handles), frameon=False, **kwargs)
 
 
@@ -117,3 +122,19 @@ def eigenvalue_strips(ax: Axes, groups: dict[str, Sequence[float]], colors: dict
     ax.set_ylim(len(names) - 0.5, -0.5)
     ax.set_xlabel("Hessian eigenvalue (symmetric log scale)")
     return ax
+
+
+def shade_units(ax: Axes, units: Sequence[Any]) -> None:
+    """Park & Kim's shading on a plot against normalised depth: MSA units grey, subsampling blue.
+
+    ``units`` have ``kind``, ``stage`` and ``depth`` (e.g. :class:`lib.features.UnitInfo`); each
+    shaded band is centred on its unit and as wide as the spacing between units. A unit whose stage
+    differs from its predecessor's (a pooling unit, or a strided first block) counts as subsampling.
+    """
+    depths = [u.depth for u in units]
+    half = (min(np.diff(depths)) / 2) if len(depths) > 1 else 0.5
+    for i, u in enumerate(units):
+        if u.kind == "msa":
+            ax.axvspan(u.depth - half, u.depth + half, color=MSA_SHADE, zorder=0, lw=0)
+        if i and u.stage != units[i - 1].stage:
+            ax.axvspan(u.depth - half, u.depth + half, color=SUBSAMPLE_SHADE, zorder=0, lw=0)
