@@ -478,8 +478,20 @@ def _noisy(x: Tensor, unit_noise: Tensor, eps: float) -> Tensor:
     return x + (eps * unit_noise).to(device=x.device, dtype=x.dtype)
 
 
+class _ChangeFromClean:
+    """``drop``: accuracy change in points, ``acc − clean_acc`` (negative: the perturbation hurts)."""
+
+    acc: np.ndarray
+    clean_acc: float
+
+    @property
+    def drop(self) -> np.ndarray:
+        """Accuracy change in points, ``acc − clean_acc`` (negative: the perturbation hurts)."""
+        return self.acc - self.clean_acc
+
+
 @dataclass(frozen=True, eq=False)
-class NoiseRobustness:
+class NoiseRobustness(_ChangeFromClean):
     """Accuracy under band-limited noise, one entry per band (Park & Kim Fig. 2b).
 
     ``acc`` (%) and ``nll`` (mean cross-entropy) with noise of RMS ``eps`` in the band centred on
@@ -496,11 +508,6 @@ class NoiseRobustness:
     width: float
     seed: int
     n_images: int
-
-    @property
-    def drop(self) -> np.ndarray:
-        """Accuracy change in points, ``acc − clean_acc`` (negative: the noise hurts)."""
-        return self.acc - self.clean_acc
 
 
 def noise_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, bands: Iterable[float] = BANDS,
@@ -661,7 +668,7 @@ def low_pass(x: Tensor, cutoff: float) -> Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class LowPassSweep:
+class LowPassSweep(_ChangeFromClean):
     """Accuracy (%) and NLL after :func:`low_pass` at each cutoff (units of π), and without it."""
 
     cutoffs: np.ndarray
@@ -670,11 +677,6 @@ class LowPassSweep:
     clean_acc: float
     clean_nll: float
     n_images: int
-
-    @property
-    def drop(self) -> np.ndarray:
-        """Accuracy change in points, ``acc − clean_acc``."""
-        return self.acc - self.clean_acc
 
 
 def low_pass_sweep(model: nn.Module, x: Tensor, y: Tensor, cutoffs: Iterable[float] = CUTOFFS,
