@@ -62,12 +62,14 @@ class Classifier(nn.Module):
     """A zoo model: input normalisation followed by the network ``net``.
 
     ``arch`` is the zoo name, kept so that :func:`lib.blocks.blocks` and checkpoint loading know
-    what they hold.
+    what they hold; :func:`build` also records its arguments as ``build_kwargs`` (so a model can
+    be rebuilt or transformed, see :func:`lib.alternet.from_resnet`).
     """
 
     def __init__(self, arch: str, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.arch = arch
+        self.build_kwargs: dict = {}
         self.normalize = Normalize(mean, std)
         self.net = net
 
@@ -130,6 +132,21 @@ def parse_layout(layout: str) -> list[str]:
         raise ValueError(f"bad layout {layout!r}: expected comma-separated stages of 'C' (conv block) "
                          f"and 'M' (MSA block), e.g. {ALTERNET_LAYOUT!r}")
     return stages
+
+
+def layout_override(name: str, layout: str | None) -> str | None:
+    """``layout`` in canonical form (``"CC,MC,MC"``), or ``None`` when it is ``name``'s own layout.
+
+    Checkpoints and zoo keys store a layout only when it differs from the model's default, so
+    ``build("alternet", layout="cc,cm,cm")`` and ``build("alternet")`` name the same model.
+    """
+    if layout is None:
+        return None
+    if name not in ("resnet", "alternet"):
+        raise ValueError(f"layout applies only to 'resnet' and 'alternet', not {name!r}")
+    canonical = ",".join(parse_layout(layout))
+    default = RESNET_LAYOUT if name == "resnet" else ALTERNET_LAYOUT
+    return None if canonical == default else canonical
 
 
 class PreActResNet(nn.Module):
@@ -271,8 +288,7 @@ def build(name: str, in_chans: int = 1, num_classes: int = 10, img_size: int = 2
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    if layout is not None and name not in ("resnet", "alternet"):
-        raise ValueError(f"layout applies only to 'resnet' and 'alternet', not {name!r}")
+    layout = layout_override(name, layout)
     for arg, value in (("in_chans", in_chans), ("num_classes", num_classes), ("img_size", img_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be a positive integer, got {value!r}")
@@ -290,7 +306,10 @@ def build(name: str, in_chans: int = 1, num_classes: int = 10, img_size: int = 2
         net = build_vit(local_window=window, **common)
     else:
         net = build_pit(**common)
-    return set_fused_attn(Classifier(name, net, mean, std), False)
+    model = Classifier(name, net, mean, std)
+    model.build_kwargs = dict(in_chans=in_chans, num_classes=num_classes, img_size=img_size, mean=mean,
+                              std=std, drop_path_rate=drop_path_rate, layout=layout)
+    return set_fused_attn(model, False)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -177,14 +177,18 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
           recipe: Recipe = FULL_RECIPE, seed: int = 0, out: str | os.PathLike | None = None,
           device: str | torch.device | None = None, resume: bool = False, progress: bool = True,
           data_root: str | os.PathLike | None = None, stop_after_epochs: int | None = None,
-          status: str | None = None) -> dict[str, Any] | None:
+          status: str | None = None, layout: str | None = None,
+          keep_snapshots: bool = True) -> dict[str, Any] | None:
     """Train ``model_name`` on ``dataset`` with ``recipe``; return the checkpoint record.
 
     With ``out`` the checkpoint is written there (atomically) and the resume state is kept beside
     it after each epoch; ``resume=True`` continues from that state. ``stop_after_epochs`` ends the
     run early as an interruption would (the resume state stays; returns ``None``), which is how the
     tests exercise resuming. ``status`` is "final" or "provisional" (default: "final" when the
-    recipe is the full one, else "provisional"). Under torchrun, ranks other than 0 return ``None``.
+    recipe is the full one, else "provisional"). ``layout`` places conv and MSA blocks in a
+    ``resnet``/``alternet`` (see :func:`lib.models.parse_layout`). ``keep_snapshots=False`` stores no
+    warm-up snapshot, which halves the file (the ablation zoo does without). Under torchrun, ranks
+    other than 0 return ``None``.
     """
     if model_name not in models.MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(models.MODELS)}")
@@ -195,6 +199,7 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
     if resume and out is None:
         raise ValueError("resume=True needs the out path whose resume state to continue from")
     status = status or ("final" if recipe == FULL_RECIPE else "provisional")
+    layout = models.layout_override(model_name, layout)
 
     rank, world, local_rank = _dist_info()
     distributed = world > 1
@@ -217,6 +222,8 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
     build_kwargs = dict(in_chans=meta.in_chans, num_classes=meta.num_classes, img_size=meta.img_size,
                         mean=[round(m, 4) for m in mean], std=[round(s, 4) for s in std],
                         drop_path_rate=recipe.drop_path)
+    if layout is not None:
+        build_kwargs["layout"] = layout
 
     torch.manual_seed(seed)
     model = models.build(model_name, **build_kwargs).to(device)
@@ -243,9 +250,11 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
         if not state_file.exists():
             raise FileNotFoundError(f"nothing to resume: {state_file} does not exist (run without --resume)")
         state = torch.load(state_file, map_location=device, weights_only=True)
-        if state["model"] != model_name or state["recipe"] != asdict(recipe) or state["seed"] != seed:
-            raise ValueError(f"{state_file} belongs to a different run ({state['model']}, seed {state['seed']}); "
-                             f"delete it or use the same model, recipe and seed")
+        if (state["model"] != model_name or state["recipe"] != asdict(recipe) or state["seed"] != seed
+                or state.get("layout") != layout):
+            raise ValueError(f"{state_file} belongs to a different run ({state['model']}, seed {state['seed']}, "
+                             f"layout {state.get('layout')}); delete it or use the same model, layout, "
+                             f"recipe and seed")
         model.load_state_dict(state["weights"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -300,7 +309,7 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
             loss_sum, correct, seen = stats[0], stats[1], seen * world
         epoch_train_time = time.perf_counter() - t0
         train_time += epoch_train_time
-        if epoch + 1 == recipe.warmup_epochs:
+        if keep_snapshots and epoch + 1 == recipe.warmup_epochs:
             snapshots["warmup"] = half_state_dict(model)
         if main_process:
             test = evaluate(model, x_test, y_test, device=device)
@@ -313,7 +322,7 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
         wall += time.perf_counter() - t0
         if main_process and state_file is not None:
             atomic_torch_save({
-                "model": model_name, "recipe": asdict(recipe), "seed": seed, "epoch": epoch + 1,
+                "model": model_name, "layout": layout, "recipe": asdict(recipe), "seed": seed, "epoch": epoch + 1,
                 "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "rng": _rng_state(order_gen, aug_gen, device),
                 "history": history, "snapshots": snapshots, "wall_time_s": wall,
@@ -361,6 +370,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="fashion-mnist", choices=data.DATASETS)
     p.add_argument("--subset", type=float, default=None, help="class-balanced fraction of the training set")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", default=None,
+                   help="conv (C) / MSA (M) blocks per stage of resnet/alternet, e.g. CC,MC,MC")
+    p.add_argument("--no-snapshots", action="store_true", help="store no warm-up snapshot (smaller file)")
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true", help="continue from <out>.resume.pt")
@@ -381,9 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
     record = train(args.model, args.dataset, args.subset, recipe, seed=args.seed, out=args.out,
-                   device=args.device, resume=args.resume, progress=not args.no_progress, status=args.status)
+                   device=args.device, resume=args.resume, progress=not args.no_progress, status=args.status,
+                   layout=args.layout, keep_snapshots=not args.no_snapshots)
     if record is not None:
-        print(f"{args.model} on {args.dataset}" + (f" (subset {args.subset:g})" if args.subset else "")
+        print(f"{args.model}" + (f" [{args.layout}]" if args.layout else "") + f" on {args.dataset}" + (f" (subset {args.subset:g})" if args.subset else "")
               + f": test accuracy {record['test_acc']:.2f}%, NLL {record['test_nll']:.4f}, "
               + f"{record['images_per_s']:.0f} images/s, {record['wall_time_s'] / 60:.1f} min")
         if args.register:

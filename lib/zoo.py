@@ -9,7 +9,8 @@ Command line (``make zoo`` runs ``train``)::
 
     python -m lib.zoo list [--markdown]        # the manifest as a table
     python -m lib.zoo verify                   # check every checksum
-    python -m lib.zoo train [--only vit] [--epochs N --warmup-epochs W] [--jobs 3] [--device cuda]
+    python -m lib.zoo train [--set core|ablation|all] [--only vit] [--data full|sub10]
+                            [--short | --epochs N --warmup-epochs W] [--jobs 3] [--device cuda]
     python -m lib.zoo register PATH.pt         # add a checkpoint written by ``lib.train``
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +47,26 @@ class ZooError(RuntimeError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One zoo checkpoint: a model trained on a dataset (optionally a subset) with a seed."""
+    """One zoo checkpoint: a model (and block layout) trained on a dataset or subset with a seed.
+
+    ``layout`` is stored only when it differs from the model's own (see
+    :func:`lib.models.layout_override`); ``snapshots=False`` entries keep no warm-up snapshot.
+    """
 
     model: str
     dataset: str = "fashion-mnist"
     subset: float | None = None
     seed: int = 0
+    layout: str | None = None
+    snapshots: bool = field(default=True, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layout", models.layout_override(self.model, self.layout))
 
     @property
     def key(self) -> str:
-        """File stem and manifest key, e.g. ``vit-fashion-mnist-sub10``."""
-        key = f"{self.model}-{self.dataset}"
+        """File stem and manifest key, e.g. ``vit-fashion-mnist-sub10``, ``alternet-CC.MC.MC-fashion-mnist``."""
+        key = self.model + (f"-{self.layout.replace(',', '.')}" if self.layout else "") + f"-{self.dataset}"
         if self.subset is not None:
             key += f"-sub{round(self.subset * 100):g}"
         if self.seed:
@@ -74,13 +84,41 @@ class Entry:
             cmd += f" --subset {self.subset:g}"
         if self.seed:
             cmd += f" --seed {self.seed}"
+        if self.layout:
+            cmd += f" --layout {self.layout}"
+        if not self.snapshots:
+            cmd += " --no-snapshots"
         cmd += f" --out {out or 'data/checkpoints/' + self.filename} --register"
         return cmd + (" " + extra if extra else "")
 
 
-#: What ``make zoo`` trains: every model on all of Fashion-MNIST, and the headline three on 10%.
+#: The core zoo (``make zoo``): every model on all of Fashion-MNIST, and the headline three on 10%.
 ZOO: tuple[Entry, ...] = tuple(Entry(m) for m in models.MODELS) + tuple(
     Entry(m, subset=0.1) for m in ("resnet", "vit", "alternet"))
+
+#: AlterNet's placement ablations (chapter 6), by name: the build rule's first step (one MSA at the
+#: end of the last stage), MSAs at the *start* of stages 2 and 3 instead of the end, MSAs in every
+#: block of the last stage, and the rule's next step after AlterNet (an MSA at the end of stage 1 too).
+ABLATION_LAYOUTS: dict[str, str] = {"last-stage end": "CC,CC,CM", "stage starts": "CC,MC,MC",
+                                    "whole last stage": "CC,CC,MM", "every stage end": "CM,CM,CM"}
+#: Trained on the full training set too (the rest only on 10%).
+FULL_DATA_ABLATIONS: tuple[str, ...] = ("stage starts", "whole last stage", "last-stage end")
+HEADLINE_SEEDS: tuple[int, ...] = (0, 1, 2)
+
+#: The ablation zoo (``python -m lib.zoo train --set ablation``), in training priority: two more
+#: seeds of the headline three on 10%, the placement ablations on 10%, then on the full set.
+#: No warm-up snapshots, to stay within the size budget.
+ABLATIONS: tuple[Entry, ...] = (
+    tuple(Entry(m, subset=0.1, seed=s, snapshots=False) for s in HEADLINE_SEEDS[1:] for m in ("resnet", "vit", "alternet"))
+    + tuple(Entry("alternet", subset=0.1, layout=lay, snapshots=False) for lay in ABLATION_LAYOUTS.values())
+    + tuple(Entry("alternet", layout=ABLATION_LAYOUTS[name], snapshots=False) for name in FULL_DATA_ABLATIONS))
+
+#: Named sets for ``python -m lib.zoo train --set``.
+SETS: dict[str, tuple[Entry, ...]] = {"core": ZOO, "ablation": ABLATIONS, "all": ZOO + ABLATIONS}
+
+#: The short CPU schedules of the provisional checkpoints, ``subset -> (epochs, warm-up epochs)``
+#: (``--short``): the full recipe is 60 epochs, far beyond a CPU.
+SHORT_SCHEDULE: dict[float | None, tuple[int, int]] = {None: (2, 1), 0.1: (10, 2)}
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -121,7 +159,8 @@ def register(path: str | os.PathLike, checkpoint_dir: str | os.PathLike | None =
     if path.parent != folder:
         raise ZooError(f"{path} is not in {folder}; move it there before registering it")
     record = _read_record(path)
-    entry = Entry(record["model"], record["dataset"], record["subset"], record["seed"])
+    entry = Entry(record["model"], record["dataset"], record["subset"], record["seed"],
+                  record["build"].get("layout"))
     if path.name != entry.filename:
         raise ZooError(f"{path.name} should be named {entry.filename} for {entry}")
     with open(folder / ".manifest.lock", "w") as lock:  # parallel trainings register one at a time
@@ -135,7 +174,8 @@ def register(path: str | os.PathLike, checkpoint_dir: str | os.PathLike | None =
 def _manifest_entry(path: Path, entry: Entry, record: dict[str, Any]) -> dict[str, Any]:
     return {
         "file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size,
-        "model": entry.model, "dataset": entry.dataset, "subset": entry.subset, "seed": entry.seed,
+        "model": entry.model, "layout": entry.layout, "dataset": entry.dataset, "subset": entry.subset,
+        "seed": entry.seed,
         "params": record["params"], "epochs": record["recipe"]["epochs"],
         "test_acc": round(record["test_acc"], 2), "test_nll": round(record["test_nll"], 4),
         "device": record["device"], "status": record["status"],
@@ -179,9 +219,11 @@ def load_checkpoint(path: str | os.PathLike, stage: str = "final", expect_model:
 
 def load(name: str, dataset: str = "fashion-mnist", subset: float | None = None, stage: str = "final",
          seed: int = 0, device: str | torch.device = "cpu",
-         checkpoint_dir: str | os.PathLike | None = None) -> tuple[nn.Module, dict[str, Any]]:
+         checkpoint_dir: str | os.PathLike | None = None,
+         layout: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Load zoo model ``name`` in eval mode, verifying its sha256 against the manifest.
 
+    ``layout`` picks a placement ablation of ``alternet``/``resnet`` (e.g. ``"CC,MC,MC"``).
     Returns ``(model, record)``; the record is the checkpoint's provenance and history (without the
     weights) plus ``"manifest"``, its manifest entry. ``stage="warmup"`` gives the snapshot taken
     at the end of warm-up. Errors say how to get the checkpoint back.
@@ -190,7 +232,8 @@ def load(name: str, dataset: str = "fashion-mnist", subset: float | None = None,
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(models.MODELS)}")
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    entry = Entry(name, dataset, subset, seed)
+    entry = Entry(name, dataset, subset, seed, layout)
+    entry = next((e for e in SETS["all"] if e == entry), entry)  # the zoo's own train command
     folder = Path(checkpoint_dir or CHECKPOINT_DIR)
     listed = read_manifest(folder)["checkpoints"].get(entry.key)
     how = f"train it with `{entry.train_command()}` (or `make zoo` for the whole zoo)"
@@ -248,20 +291,29 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    entries = [e for e in ZOO if not args.only or e.model in args.only]
     unknown = set(args.only or []) - set(models.MODELS)
     if unknown:
         raise SystemExit(f"unknown model(s) {sorted(unknown)}; choose from {', '.join(models.MODELS)}")
-    extra = [f"--device {args.device}"]
-    if args.epochs is not None:
-        extra.append(f"--epochs {args.epochs}")
-    if args.warmup_epochs is not None:
-        extra.append(f"--warmup-epochs {args.warmup_epochs}")
-    if args.resume:
-        extra.append("--resume")
-    if args.jobs > 1:
-        extra.append("--no-progress")
-    commands = [e.train_command(extra=" ".join(extra)) for e in entries]
+    if args.short and (args.epochs is not None or args.warmup_epochs is not None):
+        raise SystemExit("--short sets the epochs itself; drop --epochs/--warmup-epochs")
+    wanted_subset = {"all": None, "full": [None], "sub10": [0.1]}[args.data]
+    entries = [e for e in SETS[args.set] if (not args.only or e.model in args.only)
+               and (wanted_subset is None or e.subset in wanted_subset)]
+    if not entries:
+        raise SystemExit("nothing to train: no zoo entry matches --set/--only/--data")
+    commands = []
+    for e in entries:
+        extra = [f"--device {args.device}"]
+        epochs, warmup = (SHORT_SCHEDULE[e.subset] if args.short else (args.epochs, args.warmup_epochs))
+        if epochs is not None:
+            extra.append(f"--epochs {epochs}")
+        if warmup is not None:
+            extra.append(f"--warmup-epochs {warmup}")
+        if args.resume:
+            extra.append("--resume")
+        if args.jobs > 1:
+            extra.append("--no-progress")
+        commands.append(e.train_command(extra=" ".join(extra)))
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -289,7 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("paths", nargs="+")
     reg.set_defaults(fn=_cmd_register)
     tr = sub.add_parser("train", help="train the zoo (full recipe unless --epochs is given)")
+    tr.add_argument("--set", choices=tuple(SETS), default="core",
+                    help="core: the zoo of chapters 1-5; ablation: chapter 6's seeds and placements")
     tr.add_argument("--only", nargs="*", help="models to train (default: all)")
+    tr.add_argument("--data", choices=("all", "full", "sub10"), default="all",
+                    help="only the full training set, or only the 10%% subset")
+    tr.add_argument("--short", action="store_true",
+                    help="the short CPU schedule of the provisional checkpoints (2 epochs on full, 10 on 10%%)")
     tr.add_argument("--epochs", type=int, help="shorter schedule: the checkpoints become provisional")
     tr.add_argument("--warmup-epochs", type=int)
     tr.add_argument("--device", default="auto")

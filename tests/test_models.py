@@ -121,3 +121,16 @@ def test_global_vit_is_not_local():
         perturbed = tokens.clone()
         perturbed[:, 49] += 5.0 * torch.randn_like(perturbed[:, 49])  # the far corner patch
         assert not torch.allclose(_first_msa_output(model, perturbed)[:, 1], base[:, 1])
+
+
+def test_layout_override_is_canonical():
+    assert models.layout_override("alternet", "cc, cm ,cm") is None  # alternet's own layout
+    assert models.layout_override("alternet", "CC,CC,CC") == "CC,CC,CC"
+    assert models.layout_override("resnet", "CC,CC,CC") is None
+    assert models.layout_override("vit", None) is None
+    with pytest.raises(ValueError, match="layout applies only"):
+        models.layout_override("pit", "CC,CM,CM")
+    model = models.build("alternet", layout="CC,MC,MC", mean=[0.2], std=[0.3])
+    assert model.build_kwargs == dict(in_chans=1, num_classes=10, img_size=28, mean=[0.2], std=[0.3],
+                                      drop_path_rate=0.0, layout="CC,MC,MC")
+    assert models.build("alternet", layout="CC,CM,CM").build_kwargs["layout"] is None

@@ -88,6 +88,8 @@ def test_resume_errors(tmp_path):
     (dict(dataset="mnist"), "unknown dataset 'mnist'.*fashion-mnist"),
     (dict(status="done"), "status"),
     (dict(resume=True), "resume"),
+    (dict(layout="CC,CM,CM"), "layout applies only to 'resnet' and 'alternet', not 'vit'"),
+    (dict(model_name="alternet", layout="CC,CQ"), "bad layout 'CC,CQ'"),
 ])
 def test_bad_arguments(kwargs, match):
     args = dict(model_name="vit", dataset="synthetic", recipe=TINY, progress=False) | kwargs

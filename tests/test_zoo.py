@@ -139,3 +139,51 @@ def test_cli_list_and_verify(capsys):
     assert zoo.main(["list", "--markdown"]) == 0
     table = capsys.readouterr().out
     assert all(f"`{key}`" in table for key in listed)
+
+
+def test_layout_variant_round_trip_without_snapshots(tmp_path):
+    """A placement ablation is its own zoo entry: its layout is in the key, the record and the model."""
+    entry = zoo.Entry("alternet", "synthetic", layout="cc,mc,mc", snapshots=False)
+    assert entry.key == "alternet-CC.MC.MC-synthetic" and entry.layout == "CC,MC,MC"
+    assert "--layout CC,MC,MC --no-snapshots" in entry.train_command()
+    out = tmp_path / entry.filename
+    train.train("alternet", "synthetic", recipe=RECIPE, out=out, progress=False, layout="CC,MC,MC",
+                keep_snapshots=False)
+    listed = zoo.register(out, checkpoint_dir=tmp_path)
+    assert listed["layout"] == "CC,MC,MC" and listed["stages"] == ["final"]
+    model, record = zoo.load("alternet", "synthetic", layout="CC,MC,MC", checkpoint_dir=tmp_path)
+    assert model.net.layout == "CC,MC,MC" and record["build"]["layout"] == "CC,MC,MC"
+    with pytest.raises(zoo.ZooError, match="has no 'warmup' snapshot"):
+        zoo.load("alternet", "synthetic", layout="CC,MC,MC", stage="warmup", checkpoint_dir=tmp_path)
+    with pytest.raises(zoo.ZooError, match="no checkpoint 'alternet-synthetic'.*--model alternet"):
+        zoo.load("alternet", "synthetic", checkpoint_dir=tmp_path)  # the default layout is another entry
+
+
+def test_ablation_zoo_entries():
+    assert zoo.Entry("alternet", layout="CC,CM,CM") == zoo.Entry("alternet")  # its own layout is no variant
+    assert zoo.Entry("alternet", layout="CC,CC,CM").key == "alternet-CC.CC.CM-fashion-mnist"
+    headline = {(e.model, e.seed) for e in zoo.ZOO + zoo.ABLATIONS if e.subset == 0.1 and e.layout is None}
+    assert headline == {(m, s) for m in ("resnet", "vit", "alternet") for s in zoo.HEADLINE_SEEDS}
+    layouts = {e.layout for e in zoo.ABLATIONS if e.layout and e.subset == 0.1}
+    assert layouts == set(zoo.ABLATION_LAYOUTS.values())
+    assert not any(e.snapshots for e in zoo.ABLATIONS)
+    assert len({e.key for e in zoo.SETS["all"]}) == len(zoo.SETS["all"])  # no two entries share a file
+    loaded_key = zoo.Entry("alternet", subset=0.1, seed=2)
+    assert "--no-snapshots" in next(e for e in zoo.ABLATIONS if e == loaded_key).train_command()
+
+
+def test_cli_train_selects_entries_and_schedules(monkeypatch, capsys):
+    ran = []
+    monkeypatch.setattr(zoo.subprocess, "run", lambda argv, **kw: ran.append(argv) or
+                        type("Done", (), {"returncode": 0})())
+    assert zoo.main(["train", "--set", "ablation", "--data", "full", "--short"]) == 0
+    assert len(ran) == len(zoo.FULL_DATA_ABLATIONS)
+    assert all("--layout" in argv and argv[argv.index("--epochs") + 1] == "2" for argv in ran)
+    ran.clear()
+    assert zoo.main(["train", "--set", "ablation", "--data", "sub10", "--only", "vit", "--short"]) == 0
+    assert [argv[argv.index("--seed") + 1] for argv in ran] == ["1", "2"]
+    assert all(argv[argv.index("--epochs") + 1] == "10" for argv in ran)
+    with pytest.raises(SystemExit, match="--short sets the epochs"):
+        zoo.main(["train", "--short", "--epochs", "3"])
+    with pytest.raises(SystemExit, match="nothing to train"):
+        zoo.main(["train", "--set", "ablation", "--only", "pit"])
