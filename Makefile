@@ -3,6 +3,7 @@
 #   make book     set up and build the HTML book from the stored outputs
 #   make execute  re-execute the chapters in place (after lib or checkpoint changes)
 #   make zoo      retrain the whole model zoo with the full recipe (GPU recommended)
+#   make ablations  train chapter 6's ablation zoo (seeds, AlterNet placements; GPU recommended)
 #   make bench    run the benchmarks
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.requirements-installed
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 JOBS ?= 1
 
-.PHONY: setup data test book html browser-check execute zoo bench clean
+.PHONY: setup data test book html browser-check execute zoo ablations bench clean
 
 setup: $(STAMP) data
 
@@ -56,6 +57,9 @@ execute: setup
 
 zoo: setup
 	$(PY) -m lib.zoo train --jobs $(JOBS)
+
+ablations: setup
+	$(PY) -m lib.zoo train --set ablation --jobs $(JOBS)
 
 PEERS := .bench-peers
 PEERS_STAMP := $(PEERS)/.installed

@@ -30,6 +30,16 @@ class UnitInfo:
     residual: bool
 
 
+def unit_roles(units: list) -> list[str]:
+    """What each unit does, for per-kind tables: its ``kind``, or ``"subsampling"`` where it starts
+    a new stage (its input and output differ in resolution, so its change is not the kind's).
+
+    ``units`` are :class:`UnitInfo` or anything else with ``kind`` and ``stage`` (e.g.
+    :class:`lib.fourier.UnitProfile`); the first unit keeps its kind.
+    """
+    return [u.kind if i == 0 or u.stage == units[i - 1].stage else "subsampling" for i, u in enumerate(units)]
+
+
 def unit_infos(model: nn.Module) -> list[UnitInfo]:
     """One :class:`UnitInfo` per unit of ``blocks(model)``, head included (depth normalised to [0, 1])."""
     units = blocks_lib.blocks(model)
@@ -73,6 +83,11 @@ class VarianceProfile:
 
     units: list[UnitInfo]
     variance: np.ndarray
+
+    @property
+    def change(self) -> np.ndarray:
+        """Change of log10 variance from each unit's input to its output (for ``units[1:]``)."""
+        return np.diff(np.log10(self.variance))
 
 
 def variance_profile(model: nn.Module, x: torch.Tensor, device: str | torch.device | None = None,

@@ -95,3 +95,14 @@ def test_lesioning_a_unit_whose_branch_is_zero_costs_nothing():
         mlp.fn.fc2.bias.zero_()
     result = features.lesion_study(model, x, y, progress=False)
     assert result.drop[target] == 0.0
+
+
+def test_unit_roles_and_variance_change(resnet):
+    x, _ = images(4)
+    prof = features.variance_profile(resnet, x)
+    roles = features.unit_roles(prof.units)
+    # stem, two blocks of stage 1, then each later stage opens with a strided (subsampling) block
+    assert roles == ["embed", "conv", "conv", "subsampling", "conv", "subsampling", "conv"]
+    np.testing.assert_allclose(prof.change, np.log10(prof.variance[1:]) - np.log10(prof.variance[:-1]))
+    pit_roles = features.unit_roles(features.unit_infos(models.build("pit")))
+    assert pit_roles.count("subsampling") == 2 and pit_roles[0] == "embed"
