@@ -2,9 +2,11 @@
 
 Training the same recipe with another seed moves test accuracy by a few tenths of a point at the
 book's scale, so a single run cannot tell two architectures apart when they differ by less. The
-seed-to-seed standard deviation ``sigma`` (pooled over models trained with several seeds) is the
-yardstick: the difference of two means over ``n_a`` and ``n_b`` seeds has standard error
-``sigma * sqrt(1/n_a + 1/n_b)``, and a difference counts when it exceeds ``z`` standard errors.
+seed-to-seed standard deviation is the yardstick: the difference of two means over ``n_a`` and
+``n_b`` seeds has standard error ``sqrt(sigma_a**2 / n_a + sigma_b**2 / n_b)`` (Welch's), and a
+difference counts when it exceeds ``z`` standard errors. A model trained with one seed borrows
+``sigma`` from a related model trained with several. Accuracies measured on a finite set of test
+images carry a second, binomial error (:func:`accuracy_std_error`).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-VERDICTS: tuple[str, ...] = ("higher", "lower", "within seed noise")
+VERDICTS: tuple[str, ...] = ("higher", "lower", "within noise")
 
 
 def pooled_std(groups: Sequence[Sequence[float]]) -> float:
@@ -42,18 +44,43 @@ class Comparison:
         return self.difference / self.std_error
 
 
-def compare(a: Sequence[float], b: Sequence[float], sigma: float, z: float = 2.0) -> Comparison:
-    """Is the mean of ``a`` higher or lower than the mean of ``b``, given seed noise ``sigma``?
+def compare(a: Sequence[float], b: Sequence[float], sigma: float | tuple[float, float] | None = None,
+            z: float = 2.0) -> Comparison:
+    """Is the mean of ``a`` higher or lower than the mean of ``b``, given seed noise?
 
-    ``a`` and ``b`` hold one value per seed (one value is allowed). The verdict is "higher" or
-    "lower" when the difference exceeds ``z`` standard errors, else "within seed noise".
+    ``a`` and ``b`` hold one value per seed. ``sigma`` is the seed-to-seed standard deviation:
+    one value for both, a pair ``(sigma_a, sigma_b)``, or ``None`` to use each sample's own
+    standard deviation (then both need two values or more). The verdict is "higher" or "lower"
+    when the difference exceeds ``z`` standard errors, else "within noise".
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.size < 1 or b.size < 1:
         raise ValueError("a and b need at least one value each")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if sigma is None:
+        if a.size < 2 or b.size < 2:
+            raise ValueError(f"without sigma both samples need two values or more, got {a.size} and {b.size}")
+        sigma_a, sigma_b = float(a.std(ddof=1)), float(b.std(ddof=1))
+    elif isinstance(sigma, tuple):
+        sigma_a, sigma_b = sigma
+    else:
+        sigma_a = sigma_b = sigma
+    if not (sigma_a > 0 and sigma_b > 0):
+        raise ValueError(f"sigma must be > 0, got {sigma_a} and {sigma_b}")
     diff = float(a.mean() - b.mean())
-    se = float(sigma * np.sqrt(1 / a.size + 1 / b.size))
-    verdict = "higher" if diff > z * se else "lower" if diff < -z * se else "within seed noise"
+    se = float(np.sqrt(sigma_a ** 2 / a.size + sigma_b ** 2 / b.size))
+    verdict = "higher" if diff > z * se else "lower" if diff < -z * se else "within noise"
     return Comparison(diff, se, verdict)
+
+
+def accuracy_std_error(accuracies: Sequence[float], n_images: int) -> float:
+    """Binomial standard error (in points) of the mean of accuracies (in %) on ``n_images`` each.
+
+    Each accuracy ``p`` measured on ``n`` images has variance ``p (1 - p) / n``; for the mean of
+    ``k`` of them (independent draws) the variances add and divide by ``k**2``.
+    """
+    p = np.asarray(accuracies, dtype=float) / 100
+    if p.size < 1 or n_images < 1:
+        raise ValueError(f"need at least one accuracy and one image, got {p.size} and {n_images}")
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError(f"accuracies must be percentages in [0, 100], got {accuracies}")
+    return float(100 * np.sqrt((p * (1 - p) / n_images).sum()) / p.size)
