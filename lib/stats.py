@@ -7,13 +7,25 @@ seed-to-seed standard deviation is the yardstick: the difference of two means ov
 difference counts when it exceeds ``z`` standard errors. A model trained with one seed borrows
 ``sigma`` from a related model trained with several. Accuracies measured on a finite set of test
 images carry a second, binomial error (:func:`accuracy_std_error`).
+
+Claims from papers are stated as an :class:`Estimate`: a point value with a two-sided interval at a
+stated level, the test that produced it and its sample size. With three seeds a "two standard
+errors" rule covers far less than 95% (about 82%), because the seed deviation is itself estimated
+from two degrees of freedom; the Student t quantile at the right degrees of freedom fixes that.
+:func:`t_interval` (one sample), :func:`welch` (two independent samples), :func:`welch_known_sd`
+(single runs that borrow a seed deviation), :func:`paired` (the same images, noise draw or batches
+for both models) and :func:`bootstrap` (seeded percentile resampling of per-image or per-batch
+values) build them; :func:`holm` and :func:`multiplicity_note` deal with many comparisons at once.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+from scipy import stats as _scipy_stats
 
 VERDICTS: tuple[str, ...] = ("higher", "lower", "within noise")
 
@@ -84,3 +96,334 @@ def accuracy_std_error(accuracies: Sequence[float], n_images: int) -> float:
     if ((p < 0) | (p > 1)).any():
         raise ValueError(f"accuracies must be percentages in [0, 100], got {accuracies}")
     return float(100 * np.sqrt((p * (1 - p) / n_images).sum()) / p.size)
+
+
+# --- Estimates with intervals -------------------------------------------------------------------
+
+MINUS = "\N{MINUS SIGN}"
+
+
+def format_number(x: float, digits: int = 2, signed: bool = True) -> str:
+    """``x`` with ``digits`` decimals, the unicode minus for negatives and, if ``signed``, a plus.
+
+    A value that rounds to zero is written without a sign ("0.00"): neither direction is shown.
+    The book pastes these strings verbatim, so every number of a claim is written by this one
+    function and a value and its bounds always use the same minus.
+    """
+    if not isinstance(digits, (int, np.integer)) or isinstance(digits, bool) or digits < 0:
+        raise ValueError(f"digits must be a whole number >= 0, got {digits!r}")
+    x = float(x)
+    if math.isnan(x):
+        raise ValueError("cannot format NaN")
+    if math.isinf(x):
+        return ("+" if signed else "") + "∞" if x > 0 else MINUS + "∞"
+    text = f"{abs(x):.{digits}f}"
+    if not any(c in "123456789" for c in text):
+        return text
+    if x < 0:
+        return MINUS + text
+    return ("+" if signed else "") + text
+
+
+def format_level(level: float) -> str:
+    """``0.95`` -> ``"95%"``, ``0.975`` -> ``"97.5%"``."""
+    _check_level(level)
+    return f"{100 * level:g}%"
+
+
+def format_df(df: float) -> str:
+    """Degrees of freedom as the tests print them: whole numbers bare, others with one decimal."""
+    df = float(df)
+    if math.isinf(df):
+        return "∞"
+    return str(int(df)) if df.is_integer() else f"{df:.1f}"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with a two-sided interval, and how it was obtained.
+
+    ``value`` is the estimate (a mean, or a difference of means), ``[low, high]`` its interval at
+    ``level``, ``n`` the sample size behind it (seeds, images, batches or pairs), ``test`` a short
+    description of the procedure ("Welch t, df = 3.7"), ``df`` its degrees of freedom where it has
+    them and ``p`` the two-sided p-value against 0 where the test gives one (else ``None``).
+    Keeping all of this in one object lets a chapter print a claim's number, interval and test from
+    the same source, so prose and table cannot disagree.
+    """
+
+    value: float
+    low: float
+    high: float
+    level: float
+    n: int
+    test: str
+    df: float | None = None
+    p: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_level(self.level)
+        for name in ("value", "low", "high"):
+            if math.isnan(getattr(self, name)):
+                raise ValueError(f"{name} is NaN")
+        if not self.low <= self.high:
+            raise ValueError(f"low must not exceed high, got [{self.low}, {self.high}]")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.df is not None and not self.df > 0:
+            raise ValueError(f"df must be > 0 or None, got {self.df}")
+        if self.p is not None and not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"p must be in [0, 1] or None, got {self.p}")
+
+    def excludes(self, x: float = 0.0) -> bool:
+        """Whether ``x`` lies outside the (closed) interval."""
+        return self.low > x or self.high < x
+
+    def format_value(self, digits: int = 2) -> str:
+        """The point value with its sign, e.g. ``"+1.32"`` or ``"−0.40"``."""
+        return format_number(self.value, digits, signed=True)
+
+    def format_interval(self, digits: int = 2) -> str:
+        """The interval, e.g. ``"[0.05, 2.59]"`` or ``"[−0.31, 0.12]"``."""
+        lo, hi = (format_number(b, digits, signed=False) for b in (self.low, self.high))
+        return f"[{lo}, {hi}]"
+
+    def format(self, digits: int = 2, unit: str = "") -> str:
+        """Value and interval, e.g. ``"+1.32 [0.05, 2.59]"``, followed by `` unit`` if given."""
+        text = f"{self.format_value(digits)} {self.format_interval(digits)}"
+        return f"{text} {unit}" if unit else text
+
+    def describe(self) -> str:
+        """The test with its sample size, e.g. ``"Welch t, df = 3.7, n = 6"``.
+
+        The size is not repeated when the test already states it ("... over 256 images, ...").
+        """
+        if re.search(rf"\bover {self.n}\b", self.test):
+            return self.test
+        return f"{self.test}, n = {self.n}"
+
+
+def _check_level(level: float) -> None:
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) \
+            or not 0 < level < 1:
+        raise ValueError(f"level must be a probability in (0, 1), e.g. 0.95 for 95%, got {level!r}")
+
+
+def _sample(x: Sequence[float], name: str, at_least: int = 1) -> np.ndarray:
+    """``x`` as a flat float array, with at least ``at_least`` values and no NaN."""
+    arr = np.asarray(x, dtype=float)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional (one value per seed, image or pair), "
+                         f"got shape {arr.shape}")
+    if arr.size < at_least:
+        raise ValueError(f"{name} needs at least {at_least} value{'s' * (at_least > 1)}, got n = {arr.size}")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise ValueError(f"{name} contains NaN or infinite values at positions {bad[:10].tolist()}")
+    return arr
+
+
+def _t_estimate(value: float, se: float, df: float | None, level: float, n: int, test: str) -> Estimate:
+    """``value ± t_{df} se`` with a two-sided p against 0; a zero ``se`` gives the point itself.
+
+    With no spread at all the data cannot distinguish any other value: the interval is the point,
+    and p is 0 if the value differs from 0 (1 if it is 0).
+    """
+    if se == 0:
+        return Estimate(value, value, value, level, n, test, df, 0.0 if value != 0 else 1.0)
+    q = float(_scipy_stats.t.ppf(0.5 + level / 2, df))
+    p = float(2 * _scipy_stats.t.sf(abs(value) / se, df))
+    return Estimate(value, value - q * se, value + q * se, level, n, test, df, p)
+
+
+def t_interval(sample: Sequence[float], level: float = 0.95) -> Estimate:
+    """Mean of ``sample`` with its Student t interval at ``df = n - 1`` (and p against a mean of 0).
+
+    The t quantile widens the interval to account for the standard deviation being estimated
+    from the same few values: for three seeds it is 4.30 rather than 1.96.
+    """
+    _check_level(level)
+    x = _sample(sample, "sample", at_least=2)
+    n = x.size
+    return _t_estimate(float(x.mean()), float(x.std(ddof=1) / math.sqrt(n)), float(n - 1), level, n,
+                       f"one-sample t, df = {n - 1}")
+
+
+def _satterthwaite(terms: Sequence[float], dfs: Sequence[float]) -> float:
+    """Welch–Satterthwaite df of a sum of variance terms, each estimated with its own df."""
+    num = sum(terms) ** 2
+    den = sum(t ** 2 / d for t, d in zip(terms, dfs))
+    return float(num / den)
+
+
+def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Estimate:
+    """``mean(a) - mean(b)`` for two independent samples with unequal variances (Welch's t).
+
+    The standard error is ``sqrt(s_a²/n_a + s_b²/n_b)`` and the degrees of freedom follow
+    Welch–Satterthwaite, which lies between ``min(n_a, n_b) - 1`` and ``n_a + n_b - 2``. Each
+    sample needs two values or more (a single run: :func:`welch_known_sd`). If both samples have
+    zero variance the data show no noise at all: the interval is the point (``low = high =
+    value``), ``p`` is 0 when the means differ (1 when they agree) and ``df`` is ``None``.
+    """
+    _check_level(level)
+    a, b = _sample(a, "a", at_least=2), _sample(b, "b", at_least=2)
+    va, vb = float(a.var(ddof=1)) / a.size, float(b.var(ddof=1)) / b.size
+    diff, n = float(a.mean() - b.mean()), a.size + b.size
+    if va + vb == 0:
+        return _t_estimate(diff, 0.0, None, level, n, "Welch t, no spread in either sample")
+    df = _satterthwaite([va, vb], [a.size - 1, b.size - 1])
+    return _t_estimate(diff, math.sqrt(va + vb), df, level, n, f"Welch t, df = {format_df(df)}")
+
+
+def welch_known_sd(a: Sequence[float], b: Sequence[float], sd_a: float, sd_b: float,
+                   df_a: float, df_b: float, level: float = 0.95, *, shared: bool = False) -> Estimate:
+    """``mean(a) - mean(b)`` where the seed deviations come from elsewhere.
+
+    A model trained with one seed has no spread of its own, so it borrows ``sd_a`` estimated on
+    related runs with ``df_a`` degrees of freedom (e.g. pooled over 3 seeds of 3 models: df 6).
+    The standard error is ``sqrt(sd_a²/n_a + sd_b²/n_b)``, with ``n_a``, ``n_b`` the sizes of ``a``
+    and ``b`` (their own spread is not used), and the degrees of freedom are Welch–Satterthwaite's
+    from the borrowed ones: ``(u_a + u_b)² / (u_a²/df_a + u_b²/df_b)`` with ``u = sd²/n``.
+    Satterthwaite assumes the two deviations were estimated independently; when both sides borrow
+    the very same estimate, pass ``shared=True`` (then ``sd_a == sd_b``, ``df_a == df_b``) and the
+    exact df, ``df_a``, is used instead of the larger Satterthwaite value. ``df = math.inf``
+    marks a deviation known exactly. Zero deviations on both sides give the point itself.
+    """
+    _check_level(level)
+    a, b = _sample(a, "a"), _sample(b, "b")
+    for name, v in (("sd_a", sd_a), ("sd_b", sd_b)):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite deviation >= 0, got {v}")
+    for name, v in (("df_a", df_a), ("df_b", df_b)):
+        if not v > 0:
+            raise ValueError(f"{name} must be > 0 (math.inf for a deviation known exactly), got {v}")
+    if shared and (sd_a != sd_b or df_a != df_b):
+        raise ValueError(f"shared=True needs one deviation for both, "
+                         f"got sd {sd_a}, {sd_b} and df {df_a}, {df_b}")
+    ua, ub = sd_a ** 2 / a.size, sd_b ** 2 / b.size
+    diff, n = float(a.mean() - b.mean()), a.size + b.size
+    if ua + ub == 0:
+        return _t_estimate(diff, 0.0, None, level, n, "Welch t, borrowed deviations of 0")
+    df = float(df_a) if shared else _satterthwaite([ua, ub], [df_a, df_b])
+    kind = "one borrowed deviation" if shared else "borrowed deviations"
+    return _t_estimate(diff, math.sqrt(ua + ub), df, level, n, f"Welch t, {kind}, df = {format_df(df)}")
+
+
+def paired(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Estimate:
+    """``mean(a - b)`` for paired values (same images, same noise draw, same batches), df = n - 1.
+
+    Pairing removes what the two measurements share (an image that is hard for both models), so
+    the interval is usually much narrower than Welch's on the same numbers. ``n`` counts pairs.
+    """
+    _check_level(level)
+    a, b = _sample(a, "a"), _sample(b, "b")
+    if a.size != b.size:
+        raise ValueError(f"paired samples need equal lengths, got {a.size} and {b.size}")
+    if a.size < 2:
+        raise ValueError(f"paired samples need at least 2 pairs, got n = {a.size}")
+    d, n = a - b, a.size
+    return _t_estimate(float(d.mean()), float(d.std(ddof=1) / math.sqrt(n)), float(n - 1), level, n,
+                       f"paired t, df = {n - 1}")
+
+
+_CHUNK = 1 << 22  # resampled values held at once: bounds memory for many rows or resamples
+
+
+def bootstrap(data: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarray], float] | None = None,
+              n_resamples: int = 2000, level: float = 0.95, seed: int = 0,
+              paired_with: Sequence[float] | np.ndarray | None = None, *, rows: str = "rows") -> Estimate:
+    """Seeded percentile bootstrap of ``statistic(data)`` resampling rows (axis 0) with replacement.
+
+    Rows are the independent units, e.g. one per test image or per batch; ``statistic`` maps an
+    array of rows to a float (default: the mean of all its values). With ``paired_with`` (same
+    number of rows) the same resampled indices are applied to both arrays and the estimate is the
+    paired difference ``statistic(data_rows) - statistic(paired_with_rows)``, which keeps what the
+    two share out of the noise. The interval holds the central ``level`` of the resampled values;
+    the bootstrap gives no p-value (``p`` is ``None``). ``rows`` names the units in the test text
+    ("percentile bootstrap over 256 images, 2000 resamples"). The same ``seed`` gives the same
+    result; the mean is computed for all resamples at once, in chunks.
+    """
+    _check_level(level)
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 2:
+        raise ValueError(f"n_resamples must be a whole number >= 2, got {n_resamples!r}")
+    x = _rows(data, "data")
+    y = None if paired_with is None else _rows(paired_with, "paired_with")
+    if y is not None and y.shape[0] != x.shape[0]:
+        raise ValueError(f"paired_with needs as many rows as data, got {y.shape[0]} and {x.shape[0]}")
+    n = x.shape[0]
+    vectorised = statistic is None or statistic is np.mean
+    stat = (lambda rows_: float(np.mean(rows_))) if statistic is None else statistic
+
+    def point(u: np.ndarray) -> float:
+        value = float(stat(u))
+        if math.isnan(value):
+            raise ValueError("statistic returned NaN")
+        return value
+
+    value = point(x) - (point(y) if y is not None else 0.0)
+    rng = np.random.default_rng(seed)
+    per_row = max(x[0].size + (y[0].size if y is not None else 0), 1)
+    chunk = max(1, _CHUNK // (n * per_row))
+    values = np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        if vectorised:
+            values[start:stop] = x[idx].reshape(stop - start, -1).mean(axis=1)
+            if y is not None:
+                values[start:stop] -= y[idx].reshape(stop - start, -1).mean(axis=1)
+        else:
+            for k, i in enumerate(idx):
+                values[start + k] = point(x[i]) - (point(y[i]) if y is not None else 0.0)
+    low, high = np.quantile(values, [0.5 - level / 2, 0.5 + level / 2])
+    kind = "paired percentile bootstrap" if y is not None else "percentile bootstrap"
+    return Estimate(value, float(low), float(high), level, n,
+                    f"{kind} over {n} {rows}, {n_resamples} resamples")
+
+
+def _rows(data: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(data, dtype=float)
+    if arr.ndim == 0 or arr.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 rows to resample, got shape {arr.shape}")
+    bad = np.flatnonzero(np.isnan(arr.reshape(arr.shape[0], -1)).any(axis=1))
+    if bad.size:
+        raise ValueError(f"{name} contains NaN in rows {bad[:10].tolist()}")
+    return arr
+
+
+# --- Many comparisons ---------------------------------------------------------------------------
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
+    """Holm–Bonferroni: which null hypotheses to reject with family-wise error at most ``alpha``.
+
+    The k-th smallest of m p-values (k from 0) is compared with ``alpha / (m - k)``; rejections stop
+    at the first that fails. Uniformly more powerful than Bonferroni and needs no independence.
+    Returns one bool per p-value, in the input order.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), e.g. 0.05, got {alpha!r}")
+    p = np.asarray(p_values, dtype=float).ravel()
+    if np.isnan(p).any() or ((p < 0) | (p > 1)).any():
+        raise ValueError(f"p-values must lie in [0, 1], got {list(p_values)}")
+    m = p.size
+    reject = [False] * m
+    for k, i in enumerate(np.argsort(p, kind="stable")):
+        if p[i] > alpha / (m - k):
+            break
+        reject[int(i)] = True
+    return reject
+
+
+def multiplicity_note(n_tests: int, level: float = 0.95) -> str:
+    """A sentence on how many of ``n_tests`` uncorrected intervals would miss by chance alone.
+
+    E.g. "8 comparisons, each at the 95% level; with no correction about 0.4 of them would be
+    expected to cross by chance" (``n_tests * (1 - level)``, when no effect is real).
+    """
+    if isinstance(n_tests, bool) or not isinstance(n_tests, (int, np.integer)) or n_tests < 1:
+        raise ValueError(f"n_tests must be a whole number >= 1, got {n_tests!r}")
+    _check_level(level)
+    expected = n_tests * (1 - level)
+    count = f"{expected:.0f}" if expected >= 10 else f"{expected:.2g}"
+    noun = "comparison" if n_tests == 1 else "comparisons"
+    return (f"{n_tests} {noun}, each at the {format_level(level)} level; with no correction about "
+            f"{count} of them would be expected to cross by chance")
