@@ -2,8 +2,9 @@
 #   make test     set up (.venv, packages, data) and run every test
 #   make book     set up and build the HTML book from the stored outputs
 #   make execute  re-execute the chapters in place (after lib or checkpoint changes)
-#   make zoo      retrain the whole model zoo with the full recipe (GPU recommended)
-#   make ablations  train chapter 6's ablation zoo (seeds, AlterNet placements; GPU recommended)
+#   make zoo      train what the zoo lacks with the full recipe, restartably, in priority order
+#                 (GPU recommended; JOBS=n trainings at once, ZOO_ARGS="--set core" and so on)
+#   make ablations  only chapter 6's AlterNet placement ablations
 #   make bench    run the benchmarks
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,6 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 JOBS ?= 1
+ZOO_ARGS ?=
 
 .PHONY: setup data test book html browser-check execute zoo ablations bench clean
 
@@ -56,10 +58,10 @@ execute: setup
 	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 chapters/*.ipynb
 
 zoo: setup
-	$(PY) -m lib.zoo train --jobs $(JOBS)
+	$(PY) -m lib.zoo train --jobs $(JOBS) $(ZOO_ARGS)
 
 ablations: setup
-	$(PY) -m lib.zoo train --set ablation --jobs $(JOBS)
+	$(PY) -m lib.zoo train --set ablation --jobs $(JOBS) $(ZOO_ARGS)
 
 PEERS := .bench-peers
 PEERS_STAMP := $(PEERS)/.installed

@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, manifest or result.
+"""File helpers: atomic writes, and the float16 storage of weights.
+
+Atomic writes: a reader never sees a half-written checkpoint, manifest or result.
 
 Each writer writes to a temporary file in the destination's folder, flushes it to disk and
 renames it over the destination (``os.replace`` is atomic on one file system). If anything fails
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from torch import nn
 
 
 @contextlib.contextmanager
@@ -51,3 +54,26 @@ def atomic_write_json(obj: Any, dest: str | os.PathLike) -> Path:
     """Write ``obj`` as indented, key-sorted JSON (stable diffs), atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
     return atomic_write(dest, lambda tmp: tmp.write_text(text))
+
+
+def half_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights for storage: floating tensors as float16 on CPU (about 2 bytes per parameter)."""
+    return {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu())
+            for k, v in model.state_dict().items()}
+
+
+def load_half_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load stored weights, upcasting float16 back to the model's float32."""
+    model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in state.items()})
+
+
+def remove_stale_temporaries(dest: str | os.PathLike) -> list[Path]:
+    """Delete temporary files that an atomic write of ``dest`` left behind when its process was killed.
+
+    Only call this while no other process writes ``dest`` (e.g. holding the run's lock).
+    """
+    dest = Path(dest)
+    stale = list(dest.parent.glob(f".{dest.name}.*.tmp")) if dest.parent.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

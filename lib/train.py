@@ -1,10 +1,7 @@
-"""The one training recipe of the zoo, as a function and a command line.
+"""Training one model with the zoo's recipe (:mod:`lib.recipe`), as a function and a command line.
 
-Every zoo model is trained the same way (a fair comparison): AdamW, linear warm-up then cosine
-decay (per step), weight decay on matrices only, label smoothing, gradient clipping, on-device
-batch augmentation (random crop with padding 2, horizontal flip). On CUDA the whole dataset lives
-on the GPU and the forward pass runs under bf16 autocast; on CPU everything is float32 and a seeded
-run is bit-for-bit reproducible.
+On CUDA the whole dataset lives on the GPU and the forward pass runs under bf16 autocast; on CPU
+everything is float32 and a seeded run is bit-for-bit reproducible.
 
 A checkpoint records everything needed to rebuild and judge the model: name and build arguments,
 dataset and subset, the full recipe, seed, per-epoch history, final test accuracy and NLL (measured
@@ -12,9 +9,17 @@ on the float16 weights that are stored), device, library versions, wall time and
 a snapshot of the weights at the end of warm-up (the Hessian chapter needs it), and the polar
 training trajectory (r_t, θ_t) computed from per-epoch snapshots that are deleted afterwards.
 
-Training survives interruption: after every epoch the full state (weights, optimiser, schedule,
-random generators) goes to ``<out>.resume.pt``; ``--resume`` continues from it and the result is
-identical to an uninterrupted run. Every file is written to a temporary name and renamed.
+Training survives interruption (:mod:`lib.runstate`): after every epoch the full state goes to
+``<out>.resume.pt``; ``--resume`` continues from it (or starts fresh when there is none) and the
+result is identical to an uninterrupted run. A run without ``--resume`` starts clean: it discards,
+and says so, any resume state an older run left beside ``--out``. Every file is written to a
+temporary name and renamed; a lock keeps two processes from writing one ``--out``; SIGTERM ends a
+run like Ctrl-C, keeping the last finished epoch.
+
+On CUDA one step costs what the GPU needs rather than what Python needs: the data stays on the
+device, nothing waits for the GPU inside an epoch (the loss is read every 20 steps, and only for
+the progress bar), AdamW is fused, convolutional models run channels-last, and ``--compile`` adds
+``torch.compile``.
 
 Usage::
 
@@ -28,15 +33,14 @@ schedule) is unchanged.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
 import os
 import platform
+import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import timm
 import torch
@@ -45,40 +49,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
 
-from . import data, models
-from .landscape import SnapshotFolder, flat_parameters
-from .io import atomic_torch_save
+from . import catalog, data, models, runstate
+from .metrics import evaluate
+from .io import atomic_torch_save, half_state_dict, load_half_state_dict
+from .recipe import (FULL_RECIPE, RECIPE_TYPES, Recipe, add_recipe_arguments, fraction, lr_factor,
+                     param_groups, recipe_from_args)
+from .runstate import resume_path, run_lock, trajectory_path
+from .trajectory import SnapshotFolder, flat_parameters
 
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The shared training recipe (defaults = the zoo's full recipe)."""
-
-    epochs: int = 60
-    warmup_epochs: int = 5
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    grad_clip: float = 5.0
-    drop_path: float = 0.1
-    augment: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-
-
-FULL_RECIPE = Recipe()
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -86,57 +65,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine decay to ``min_ratio``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices and conv kernels; not biases, norms, embeddings or position-bias tables."""
-    no_decay_names = ("pos_embed", "cls_token", "relative_position_bias_table")
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or any(k in name for k in no_decay_names) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128,
-             device: str | torch.device = "cpu") -> dict[str, float]:
-    """Accuracy (%) and mean NLL (no label smoothing) of ``model`` in eval mode.
-
-    Small batches are faster on a CPU: large ones spend their time allocating activations.
-    """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    nll, correct = 0.0, 0
-    for xb, yb in data.iterate_batches(x, y, batch_size):
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(xb)
-        nll += F.cross_entropy(logits.float(), yb, reduction="sum").item()
-        correct += (logits.argmax(1) == yb).sum().item()
-    model.train(was_training)
-    return {"acc": 100.0 * correct / len(y), "nll": nll / len(y)}
-
-
-def half_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Weights for storage: floating tensors as float16 on CPU (about 2 bytes per parameter)."""
-    return {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu())
-            for k, v in model.state_dict().items()}
-
-
-def load_half_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load stored weights, upcasting float16 back to the model's float32."""
-    model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in state.items()})
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -167,27 +95,30 @@ def _set_rng_state(state: dict[str, Any], order: torch.Generator, aug: torch.Gen
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def resume_path(out: str | os.PathLike) -> Path:
-    """Where the per-epoch resume state of a run writing ``out`` lives."""
-    out = Path(out)
-    return out.with_name(out.name + ".resume.pt")
+#: Models with convolutions throughout: channels-last memory on CUDA makes their kernels faster.
+CHANNELS_LAST_MODELS: tuple[str, ...] = ("resnet", "alternet")
 
 
 def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None = None,
           recipe: Recipe = FULL_RECIPE, seed: int = 0, out: str | os.PathLike | None = None,
           device: str | torch.device | None = None, resume: bool = False, progress: bool = True,
           data_root: str | os.PathLike | None = None, stop_after_epochs: int | None = None,
-          status: str | None = None, layout: str | None = None,
-          keep_snapshots: bool = True) -> dict[str, Any] | None:
+          status: str | None = None, layout: str | None = None, keep_snapshots: bool = True,
+          compile: bool = False, epoch_log: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
     """Train ``model_name`` on ``dataset`` with ``recipe``; return the checkpoint record.
 
     With ``out`` the checkpoint is written there (atomically) and the resume state is kept beside
-    it after each epoch; ``resume=True`` continues from that state. ``stop_after_epochs`` ends the
-    run early as an interruption would (the resume state stays; returns ``None``), which is how the
-    tests exercise resuming. ``status`` is "final" or "provisional" (default: "final" when the
-    recipe is the full one, else "provisional"). ``layout`` places conv and MSA blocks in a
-    ``resnet``/``alternet`` (see :func:`lib.models.parse_layout`). ``keep_snapshots=False`` stores no
-    warm-up snapshot, which halves the file (the ablation zoo does without). Under torchrun, ranks
+    it after each epoch. ``resume=True`` continues from that state, or starts fresh (saying so)
+    when there is none; a state from a different run (model, layout, data, recipe or seed) is an
+    error. Without ``resume`` the run starts clean and discards any old state (saying so).
+    ``stop_after_epochs`` ends the run early as an interruption would (the resume state stays;
+    returns ``None``), which is how the tests exercise resuming. ``status`` is "final" or
+    "provisional" (default: "final" when the recipe is the full one, else "provisional").
+    ``layout`` places conv and MSA blocks in a ``resnet``/``alternet`` (see
+    :func:`lib.models.parse_layout`). ``keep_snapshots=False`` stores no warm-up snapshot, which
+    halves the file (the ablation zoo does without). ``compile`` runs the training step through
+    ``torch.compile``. ``epoch_log`` receives, after every epoch, its history entry plus
+    ``epochs``, ``train_time_s`` and ``images_per_s`` of that epoch. Under torchrun, ranks
     other than 0 return ``None``.
     """
     if model_name not in models.MODELS:
@@ -198,9 +129,25 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
         raise ValueError(f"status must be 'final' or 'provisional', got {status!r}")
     if resume and out is None:
         raise ValueError("resume=True needs the out path whose resume state to continue from")
-    status = status or ("final" if recipe == FULL_RECIPE else "provisional")
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"out={str(out)!r} is a folder; give the checkpoint's file path, e.g. {Path(out) / 'model.pt'}")
     layout = models.layout_override(model_name, layout)
+    args = dict(model_name=model_name, dataset=dataset, subset=subset, recipe=recipe, seed=seed, out=out,
+                device=device, resume=resume, progress=progress, data_root=data_root,
+                stop_after_epochs=stop_after_epochs, status=status, layout=layout,
+                keep_snapshots=keep_snapshots, compile=compile, epoch_log=epoch_log)
+    if out is None or _dist_info()[0] != 0:  # one lock per run: rank 0 holds it
+        return _train(**args)
+    with run_lock(out):
+        return _train(**args)
 
+
+def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, seed: int,
+           out: str | os.PathLike | None, device: str | torch.device | None, resume: bool, progress: bool,
+           data_root: str | os.PathLike | None, stop_after_epochs: int | None, status: str | None,
+           layout: str | None, keep_snapshots: bool, compile: bool,
+           epoch_log: Callable[[dict[str, Any]], None] | None) -> dict[str, Any] | None:
+    status = status or ("final" if recipe == FULL_RECIPE else "provisional")
     rank, world, local_rank = _dist_info()
     distributed = world > 1
     device = resolve_device(device)
@@ -213,6 +160,9 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
         if recipe.batch_size % world:
             raise ValueError(f"batch_size {recipe.batch_size} must be divisible by the {world} processes")
     main_process = rank == 0
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution once
 
     meta = data.info(dataset)
     x_train, y_train = data.load(dataset, train=True, subset=subset, seed=0, root=data_root)
@@ -228,16 +178,23 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
     torch.manual_seed(seed)
     model = models.build(model_name, **build_kwargs).to(device)
     models.set_fused_attn(model, True)  # fast path for first-order training
-    if device.type == "cuda":  # the whole dataset resident on the GPU
+    channels_last = cuda and model_name in CHANNELS_LAST_MODELS
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    eval_batch = 1024 if cuda else 128
+    if cuda:  # the whole dataset resident on the GPU
         x_train, y_train = x_train.to(device), y_train.to(device)
+        x_test, y_test = x_test.to(device), y_test.to(device)
     ddp_model = nn.parallel.DistributedDataParallel(model) if distributed else model
+    step_model = torch.compile(ddp_model) if compile else ddp_model
 
     steps_per_epoch = len(x_train) // recipe.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size {recipe.batch_size} exceeds the {len(x_train)} training images")
     total_steps = recipe.epochs * steps_per_epoch
     warmup_steps = recipe.warmup_epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr,
+                                  **({"fused": True} if cuda else {}))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, recipe.min_lr / recipe.lr))
     order_gen, aug_gen = _generators(seed, device)
@@ -245,28 +202,26 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
     history: list[dict[str, float]] = []
     snapshots: dict[str, dict[str, torch.Tensor]] = {}
     start_epoch, wall, train_time = 0, 0.0, 0.0
+    identity = runstate.run_identity(model_name, dataset, subset, recipe, seed, layout)
     state_file = resume_path(out) if out is not None else None
-    if resume:
-        if not state_file.exists():
-            raise FileNotFoundError(f"nothing to resume: {state_file} does not exist (run without --resume)")
-        state = torch.load(state_file, map_location=device, weights_only=True)
-        if (state["model"] != model_name or state["recipe"] != asdict(recipe) or state["seed"] != seed
-                or state.get("layout") != layout):
-            raise ValueError(f"{state_file} belongs to a different run ({state['model']}, seed {state['seed']}, "
-                             f"layout {state.get('layout')}); delete it or use the same model, layout, "
-                             f"recipe and seed")
+    state = runstate.load_or_discard(Path(out), identity, resume, device) if out is not None and main_process else None
+    if distributed and out is not None:  # every rank resumes from the same state
+        state = torch.load(state_file, map_location=device, weights_only=True) if resume and state_file.exists() else None
+    if state is not None:
         model.load_state_dict(state["weights"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         _set_rng_state(state["rng"], order_gen, aug_gen, device)
         history, snapshots = state["history"], state["snapshots"]
         start_epoch, wall, train_time = state["epoch"], state["wall_time_s"], state["train_time_s"]
+        if main_process:
+            runstate.say(f"resuming {Path(out).name} after epoch {start_epoch} of {recipe.epochs}")
 
     # Per-epoch weight snapshots for the polar trajectory (Park & Kim Fig. 1b): kept on disk beside
     # the checkpoint while training (so resuming keeps them), reduced to numbers at the end.
     trajectory_dir = None
     if main_process:
-        trajectory_dir = SnapshotFolder(None if out is None else Path(str(out) + ".trajectory"))
+        trajectory_dir = SnapshotFolder(None if out is None else trajectory_path(out))
         if start_epoch == 0:
             trajectory_dir.save(0, model)
 
@@ -288,8 +243,10 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
             yb = y_train[idx].to(device, non_blocking=True)
             if recipe.augment:
                 xb = data.augment(xb, generator=aug_gen)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = ddp_model(xb)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                logits = step_model(xb)
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -300,29 +257,33 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             bar.update(1)
-            if step % 20 == 0:
+            if step % 20 == 0 and not bar.disable:  # the only read of a GPU value inside the epoch
                 bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", loss=f"{loss.item():.3f}")
         seen = steps_per_epoch * local_batch
         if distributed:
             stats = torch.stack([loss_sum, correct.float()])
             dist.all_reduce(stats)
             loss_sum, correct, seen = stats[0], stats[1], seen * world
+        if cuda:
+            torch.cuda.synchronize(device)  # time the epoch's work, not its launches
         epoch_train_time = time.perf_counter() - t0
         train_time += epoch_train_time
         if keep_snapshots and epoch + 1 == recipe.warmup_epochs:
             snapshots["warmup"] = half_state_dict(model)
         if main_process:
-            test = evaluate(model, x_test, y_test, device=device)
+            test = evaluate(model, x_test, y_test, batch_size=eval_batch, device=device)
             history.append({"epoch": epoch + 1, "lr": schedule.get_last_lr()[0],
                             "train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
                             "test_loss": test["nll"], "test_acc": test["acc"]})
             bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", test_acc=f"{test['acc']:.1f}")
-        if main_process:
+            if epoch_log is not None:
+                epoch_log({**history[-1], "epochs": recipe.epochs, "train_time_s": epoch_train_time,
+                           "images_per_s": seen / epoch_train_time})
             trajectory_dir.save(epoch + 1, model)
         wall += time.perf_counter() - t0
         if main_process and state_file is not None:
             atomic_torch_save({
-                "model": model_name, "layout": layout, "recipe": asdict(recipe), "seed": seed, "epoch": epoch + 1,
+                **identity, "epoch": epoch + 1,
                 "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "rng": _rng_state(order_gen, aug_gen, device),
                 "history": history, "snapshots": snapshots, "wall_time_s": wall,
@@ -340,7 +301,7 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
     weights = half_state_dict(model)
     stored = models.build(model_name, **build_kwargs)
     load_half_state_dict(stored, weights)  # judge the model exactly as it is stored
-    final = evaluate(stored.to(device), x_test, y_test, device=device)
+    final = evaluate(stored.to(device), x_test, y_test, batch_size=eval_batch, device=device)
     record = {
         "format": FORMAT_VERSION, "model": model_name, "build": build_kwargs, "dataset": dataset,
         "subset": subset, "n_train": len(y_train), "recipe": asdict(recipe), "seed": seed, "status": status,
@@ -348,6 +309,7 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
         "params": models.count_parameters(model), "device": _device_name(device), "world_size": world,
         "torch": str(torch.__version__), "timm": str(timm.__version__), "python": platform.python_version(),
         "wall_time_s": wall, "images_per_s": recipe.epochs * steps_per_epoch * recipe.batch_size / max(train_time, 1e-9),
+        "speedups": {"compile": compile, "channels_last": channels_last, "fused_adamw": cuda},
         "weights": weights, "snapshots": snapshots, "trajectory": trajectory,
     }
     if out is not None:
@@ -363,45 +325,86 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lib.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, choices=models.MODELS)
     p.add_argument("--dataset", default="fashion-mnist", choices=data.DATASETS)
-    p.add_argument("--subset", type=float, default=None, help="class-balanced fraction of the training set")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subset", type=fraction, default=None, help="class-balanced fraction (0, 1] of the training set")
+    p.add_argument("--seed", type=RECIPE_TYPES["warmup_epochs"], default=0)
     p.add_argument("--layout", default=None,
                    help="conv (C) / MSA (M) blocks per stage of resnet/alternet, e.g. CC,MC,MC")
     p.add_argument("--no-snapshots", action="store_true", help="store no warm-up snapshot (smaller file)")
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--resume", action="store_true", help="continue from <out>.resume.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>.resume.pt when it exists (else start fresh)")
     p.add_argument("--status", choices=("final", "provisional"), default=None,
                    help="manifest status (default: final for the full recipe, else provisional)")
     p.add_argument("--register", action="store_true", help="add the checkpoint to data/checkpoints/MANIFEST.json")
-    p.add_argument("--no-progress", action="store_true")
-    for f in dataclasses.fields(Recipe):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default)
-        else:
-            p.add_argument(flag, type={"int": int, "float": float}.get(str(f.type), float), default=f.default)
+    p.add_argument("--compile", action="store_true", help="run the training step through torch.compile")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar; one line per epoch instead")
+    add_recipe_arguments(p)
     return p
 
 
+def _epoch_line(name: str) -> Callable[[dict[str, Any]], None]:
+    """One line per epoch, for runs without a progress bar (several jobs at once, logs)."""
+    def log(e: dict[str, Any]) -> None:
+        print(f"{name}: epoch {e['epoch']}/{e['epochs']}: train loss {e['train_loss']:.3f}, "
+              f"test acc. {e['test_acc']:.2f}%, {e['images_per_s']:,.0f} images/s", flush=True)
+    return log
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run like Ctrl-C: files are closed, temporaries removed
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    recipe = Recipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
-    record = train(args.model, args.dataset, args.subset, recipe, seed=args.seed, out=args.out,
-                   device=args.device, resume=args.resume, progress=not args.no_progress, status=args.status,
-                   layout=args.layout, keep_snapshots=not args.no_snapshots)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    recipe = recipe_from_args(args, parser)
+    try:
+        layout = models.layout_override(args.model, args.layout)
+    except ValueError as err:
+        parser.error(str(err))
+    out = Path(args.out)
+    if out.is_dir():
+        parser.error(f"--out {args.out} is a folder; give the checkpoint's file path, e.g. {out / 'model.pt'}")
+    entry = catalog.Entry(args.model, args.dataset, args.subset, args.seed, layout, snapshots=not args.no_snapshots)
+    if args.register:
+        try:
+            catalog.check_registrable(out, entry)
+        except catalog.ZooError as err:
+            parser.error(f"--register: {err}")
+        if catalog.catalogued(entry).snapshots and (args.no_snapshots or recipe.warmup_epochs == 0):
+            parser.error(f"--register: the chapters load {entry.key} at the end of warm-up; "
+                         f"drop --no-snapshots and keep --warmup-epochs >= 1")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        record = train(args.model, args.dataset, args.subset, recipe, seed=args.seed, out=out,
+                       device=args.device, resume=args.resume, progress=not args.no_progress, status=args.status,
+                       layout=layout, keep_snapshots=not args.no_snapshots, compile=args.compile,
+                       epoch_log=_epoch_line(entry.key) if args.no_progress else None)
+    except KeyboardInterrupt:
+        state = resume_path(out)
+        runstate.say(f"interrupted: {'the resume state ' + str(state) + ' keeps the last finished epoch; rerun with --resume' if state.exists() else 'no epoch had finished'}")
+        return 130
+    except (ValueError, RuntimeError) as err:
+        runstate.say(f"error: {err}")
+        return 1
     if record is not None:
-        print(f"{args.model}" + (f" [{args.layout}]" if args.layout else "") + f" on {args.dataset}" + (f" (subset {args.subset:g})" if args.subset else "")
+        print(f"{args.model}" + (f" [{layout}]" if layout else "") + f" on {args.dataset}"
+              + (f" (subset {args.subset:g})" if args.subset else "")
               + f": test accuracy {record['test_acc']:.2f}%, NLL {record['test_nll']:.4f}, "
-              + f"{record['images_per_s']:.0f} images/s, {record['wall_time_s'] / 60:.1f} min")
+              + f"{record['images_per_s']:.0f} images/s, {record['wall_time_s'] / 60:.1f} min", flush=True)
         if args.register:
-            from . import zoo
-            zoo.register(args.out)
+            listed = catalog.register(out)
+            print(f"registered {listed['file']} ({listed['status']})")
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -1,6 +1,5 @@
 """Loss landscapes: directions are normalised as stated, surfaces match an independent computation,
-the weights come back bit for bit, batched equals sequential, sharpness is exact on a parabola, and
-the polar trajectory is right on hand-made vectors."""
+the weights come back bit for bit, batched equals sequential, and sharpness is exact on a parabola."""
 from __future__ import annotations
 
 import math
@@ -15,7 +14,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-from lib import data, landscape, models, train  # noqa: E402
+from lib import data, landscape, metrics, models  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -204,7 +203,7 @@ def test_centre_equals_a_plain_evaluation_in_eval_mode():
     x, y = tiny_data(10)
     d = landscape.random_directions(model, n=1)[0]
     s = landscape.surface_1d(model, x, y, d, [0.0, 0.5], batch_size=3, progress=False)
-    ref = train.evaluate(model, x, y)
+    ref = metrics.evaluate(model, x, y)
     assert model.training  # mode restored
     assert s.nll[0] == pytest.approx(ref["nll"], rel=1e-6) and s.acc[0] == pytest.approx(ref["acc"])
     assert s.nll[1] != pytest.approx(s.nll[0])
@@ -248,7 +247,7 @@ def test_weights_are_restored_when_an_error_interrupts(points_per_pass):
     assert_bit_exact(model, before, ptrs)
 
 
-@pytest.mark.parametrize("name", ["resnet", "vit", "alternet"])
+@pytest.mark.parametrize("name", models.MODELS)
 def test_batched_points_equal_sequential(name):
     torch.manual_seed(0)
     model = models.build(name, img_size=8).eval()
@@ -334,59 +333,3 @@ def test_sharpness_errors():
     two = parabola_surface(two_d=True)
     with pytest.raises(ValueError, match="ys must contain 0"):
         landscape.sharpness(landscape.Surface(two.xs, two.ys + 0.1, two.nll, two.acc, two.l2, 0.05, 8))
-
-
-# --------------------------------------------------------------------------------------------------
-# Trajectory in polar form
-
-
-def test_polar_trajectory_by_hand():
-    final = torch.zeros(2)
-    snaps = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.5]), torch.tensor([-0.25, 0.0]),
-             torch.tensor([0.3, 0.3]), torch.zeros(2)]
-    t = landscape.polar_trajectory(snaps, final, epochs=[0, 1, 2, 3, 4])
-    assert t.epoch == [0, 1, 2, 3, 4]
-    assert t.r == pytest.approx([1.0, 0.5, 0.25, 0.3 * math.sqrt(2), 0.0])
-    assert t.theta_deg == pytest.approx([0.0, 90.0, 180.0, 45.0, 0.0])
-    # relative to a non-zero w*: only differences matter
-    shifted = landscape.polar_trajectory([s + 2 for s in snaps], final + 2)
-    assert shifted.r == pytest.approx(t.r) and shifted.theta_deg == pytest.approx(t.theta_deg)
-    assert shifted.epoch == [0, 1, 2, 3, 4]
-    assert t.as_dict() == {"epoch": t.epoch, "r": t.r, "theta_deg": t.theta_deg}
-
-
-def test_polar_trajectory_errors():
-    with pytest.raises(ValueError, match="no snapshots"):
-        landscape.polar_trajectory([], torch.zeros(2))
-    with pytest.raises(ValueError, match="equals the final"):
-        landscape.polar_trajectory([torch.ones(2)], torch.ones(2))
-    with pytest.raises(ValueError, match="3 epoch labels for 2"):
-        landscape.polar_trajectory([torch.ones(2), torch.zeros(2)], torch.zeros(2), epochs=[0, 1, 2])
-
-
-@pytest.mark.parametrize("own_folder", [True, False])
-def test_snapshot_folder_round_trip_and_removal(tmp_path, own_folder):
-    model = nn.Linear(3, 2)
-    folder = landscape.SnapshotFolder(tmp_path / "run.trajectory" if own_folder else None)
-    flats = []
-    for epoch in range(3):
-        folder.save(epoch, model)
-        flats.append(landscape.flat_parameters(model))
-        with torch.no_grad():
-            model.weight.mul_(0.5)
-    assert folder.epochs() == [0, 1, 2]
-    assert torch.equal(torch.load(folder.path(1), weights_only=True), flats[1])
-    final = flats[-1]
-    got = folder.trajectory(final)
-    want = landscape.polar_trajectory(flats, final, [0, 1, 2])
-    assert got.r == want.r and got.theta_deg == want.theta_deg and got.r[-1] == 0.0
-    path = folder.folder
-    folder.remove()
-    assert not path.exists()
-
-
-def test_snapshot_folder_needs_epoch_zero(tmp_path):
-    folder = landscape.SnapshotFolder(tmp_path / "t")
-    folder.save(1, nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="epoch-0"):
-        folder.trajectory(torch.zeros(6))

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import data, models, train
+from lib import data, metrics, models, train
 
 REPO = Path(__file__).resolve().parent.parent
 # Small, fast and deterministic: no augmentation or drop-path noise unless a test asks for it.
@@ -47,12 +47,12 @@ def test_record_has_full_provenance(tmp_path):
     assert traj["epoch"] == [0, 1, 2] and traj["r"][0] == 1.0 and traj["r"][-1] == 0.0
     assert traj["theta_deg"][0] == 0.0 and 0 < traj["r"][1] and 0 < traj["theta_deg"][1] < 180
     assert out.exists() and not train.resume_path(out).exists()  # resume state removed when done
-    assert [p.name for p in tmp_path.iterdir()] == ["vit.pt"]     # no temp files or snapshots left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "vit.pt"]  # no temp files or snapshots left
     # the stored test metrics are those of the stored float16 weights
     model = models.build("vit", **record["build"])
     train.load_half_state_dict(model, record["weights"])
     x, y = data.load("synthetic", train=False)
-    assert train.evaluate(model, x, y)["acc"] == pytest.approx(record["test_acc"])
+    assert metrics.evaluate(model, x, y)["acc"] == pytest.approx(record["test_acc"])
 
 
 def test_full_recipe_is_final():
@@ -75,12 +75,38 @@ def test_resume_after_interruption_is_exact(tmp_path):
                        resumed["snapshots"]["warmup"]["net.head.weight"])
 
 
-def test_resume_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        train.train("vit", "synthetic", recipe=TINY, out=tmp_path / "x.pt", resume=True, progress=False)
-    train.train("vit", "synthetic", recipe=TINY, out=tmp_path / "x.pt", progress=False, stop_after_epochs=1)
-    with pytest.raises(ValueError, match="different run"):
-        train.train("vit", "synthetic", recipe=TINY, seed=5, out=tmp_path / "x.pt", resume=True, progress=False)
+def test_resume_without_state_starts_fresh_and_a_different_run_is_refused(tmp_path, capsys):
+    out = tmp_path / "x.pt"
+    assert train.train("vit", "synthetic", recipe=TINY, out=out, resume=True, progress=False,
+                       stop_after_epochs=1) is None
+    assert "no resume state" in capsys.readouterr().err and train.resume_path(out).exists()
+    for other in (dict(seed=5), dict(subset=0.5), dict(recipe=replace(TINY, lr=1e-3))):
+        with pytest.raises(ValueError, match="different run"):
+            train.train(**(dict(model_name="vit", dataset="synthetic", recipe=TINY, out=out, resume=True,
+                                progress=False) | other))
+
+
+def test_a_fresh_run_discards_an_old_state_and_says_so(tmp_path, capsys):
+    """An old run's trajectory snapshots must not leak into a new run's trajectory."""
+    out = tmp_path / "x.pt"
+    train.train("vit", "synthetic", recipe=replace(TINY, epochs=4), out=out, progress=False, stop_after_epochs=3)
+    capsys.readouterr()
+    record = train.train("vit", "synthetic", recipe=replace(TINY, epochs=1), out=out, progress=False)
+    assert "discarding an old run's resume state" in capsys.readouterr().err
+    assert record["trajectory"]["epoch"] == [0, 1] and [h["epoch"] for h in record["history"]] == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "x.pt"]
+
+
+def test_one_out_one_writer(tmp_path):
+    out = tmp_path / "x.pt"
+    with train.run_lock(out):
+        with pytest.raises(RuntimeError, match="another process is training into"):
+            train.train("vit", "synthetic", recipe=TINY, out=out, progress=False)
+
+
+def test_out_may_not_be_a_folder(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        train.train("vit", "synthetic", recipe=TINY, out=tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -143,3 +169,50 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
     for k, v in single["weights"].items():
         torch.testing.assert_close(ddp["weights"][k].float(), v.float(), atol=1e-3, rtol=1e-3), k
     assert ddp["history"][0]["train_loss"] == pytest.approx(single["history"][0]["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--subset", "1.5"], "--subset: must be in (0, 1], got 1.5"),
+    (["--subset", "0"], "--subset: must be in (0, 1], got 0"),
+    (["--epochs", "0"], "--epochs: must be in [1, ∞), got 0"),
+    (["--augment", "flase"], "--augment: expected true or false, got 'flase'"),
+    (["--lr", "abc"], "--lr: expected a number in (0, ∞), got 'abc'"),
+    (["--epochs", "3", "--warmup-epochs", "5"], "warmup"),
+    (["--model", "vit", "--layout", "CC,CM"], "layout applies only to 'resnet' and 'alternet'"),
+])
+def test_cli_bad_values_fail_in_one_line_before_any_work(tmp_path, capsys, argv, match):
+    base = ["--model", "resnet", "--dataset", "synthetic", "--out", str(tmp_path / "m.pt")]
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(base + argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_checks_out_and_register_before_training(tmp_path, capsys):
+    def refused(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["--model", "vit", "--dataset", "synthetic", *argv])
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+    assert "is a folder" in refused(["--out", str(tmp_path)])
+    assert "is not in data/checkpoints" in refused(["--out", str(tmp_path / "vit-synthetic.pt"), "--register"])
+    wrong_name = REPO / "data" / "checkpoints" / "my-vit.pt"
+    assert "should be named vit-synthetic.pt" in refused(["--out", str(wrong_name), "--register"])
+    right = str(REPO / "data" / "checkpoints" / "vit-synthetic.pt")
+    assert "end of warm-up" in refused(["--out", right, "--register", "--no-snapshots"])
+    assert not wrong_name.exists() and not Path(right).exists()
+
+
+def test_epochs_alone_scales_the_warmup(capsys):
+    from lib import recipe
+    parser = train._parser()
+    args = parser.parse_args(["--model", "vit", "--out", "x.pt", "--epochs", "3"])
+    assert train.recipe_from_args(args, parser) == replace(train.FULL_RECIPE, epochs=3, warmup_epochs=1)
+    assert "warm-up scaled to 1 epoch(s) for --epochs 3" in capsys.readouterr().err
+    assert [recipe.scaled_warmup(e) for e in (1, 3, 12, 24, 60, 120)] == [1, 1, 1, 2, 5, 10]
+    args = parser.parse_args(["--model", "vit", "--out", "x.pt", "--epochs", "3", "--warmup-epochs", "0"])
+    assert train.recipe_from_args(args, parser).warmup_epochs == 0  # an explicit value stays
+    assert recipe.recipe_flags(replace(train.FULL_RECIPE, epochs=3, augment=False)) == \
+        ["--epochs", "3", "--augment", "false"]

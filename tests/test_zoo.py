@@ -1,10 +1,12 @@
 """The zoo: checkpoint round trip, sha256 verification, and clear errors for every failure."""
+import json
 import shutil
+import subprocess
 
 import pytest
 import torch
 
-from lib import models, train, zoo
+from lib import catalog, models, train, zoo
 
 RECIPE = train.Recipe(epochs=1, warmup_epochs=1, batch_size=512, drop_path=0.0, augment=False)
 
@@ -162,28 +164,131 @@ def test_layout_variant_round_trip_without_snapshots(tmp_path):
 def test_ablation_zoo_entries():
     assert zoo.Entry("alternet", layout="CC,CM,CM") == zoo.Entry("alternet")  # its own layout is no variant
     assert zoo.Entry("alternet", layout="CC,CC,CM").key == "alternet-CC.CC.CM-fashion-mnist"
-    headline = {(e.model, e.seed) for e in zoo.ZOO + zoo.ABLATIONS if e.subset == 0.1 and e.layout is None}
-    assert headline == {(m, s) for m in ("resnet", "vit", "alternet") for s in zoo.HEADLINE_SEEDS}
+    for subset in (0.1, None):  # three seeds of the headline models on 10% and on all the data
+        headline = {(e.model, e.seed) for e in zoo.ZOO + zoo.SEEDS if e.subset == subset and e.layout is None
+                    and e.model in zoo.HEADLINE_MODELS}
+        assert headline == {(m, s) for m in ("resnet", "vit", "alternet") for s in zoo.HEADLINE_SEEDS}
     layouts = {e.layout for e in zoo.ABLATIONS if e.layout and e.subset == 0.1}
     assert layouts == set(zoo.ABLATION_LAYOUTS.values())
-    assert not any(e.snapshots for e in zoo.ABLATIONS)
+    assert not any(e.snapshots for e in zoo.ABLATIONS + zoo.SEEDS)
+    assert all(e.snapshots for e in zoo.ZOO)  # the chapters load every seed-0 model at the end of warm-up
     assert len({e.key for e in zoo.SETS["all"]}) == len(zoo.SETS["all"])  # no two entries share a file
     loaded_key = zoo.Entry("alternet", subset=0.1, seed=2)
-    assert "--no-snapshots" in next(e for e in zoo.ABLATIONS if e == loaded_key).train_command()
+    assert "--no-snapshots" in zoo.catalogued(loaded_key).train_command()
 
 
-def test_cli_train_selects_entries_and_schedules(monkeypatch, capsys):
-    ran = []
-    monkeypatch.setattr(zoo.subprocess, "run", lambda argv, **kw: ran.append(argv) or
-                        type("Done", (), {"returncode": 0})())
+def test_priority_order():
+    """A run cut short delivers the seed-0 models the chapters load first, then seeds, then ablations."""
+    order = list(zoo.PRIORITY)
+    assert order == list(zoo.ZOO) + list(zoo.SEEDS) + list(zoo.ABLATIONS)
+    assert [e.seed for e in order[:len(zoo.ZOO)]] == [0] * len(zoo.ZOO)
+    assert {e.seed for e in zoo.SEEDS} == {1, 2} and all(e.layout is None for e in zoo.SEEDS)
+    assert all(e.layout is not None for e in zoo.ABLATIONS)
+    assert zoo.SETS["all"] == zoo.PRIORITY
+
+
+def test_cli_train_selects_entries_and_schedules(monkeypatch):
+    calls = []
+    monkeypatch.setattr(zoo.runner, "run", lambda work, folder, **kw: calls.append((work, kw)) or 0)
     assert zoo.main(["train", "--set", "ablation", "--data", "full", "--short"]) == 0
-    assert len(ran) == len(zoo.FULL_DATA_ABLATIONS)
-    assert all("--layout" in argv and argv[argv.index("--epochs") + 1] == "2" for argv in ran)
-    ran.clear()
-    assert zoo.main(["train", "--set", "ablation", "--data", "sub10", "--only", "vit", "--short"]) == 0
-    assert [argv[argv.index("--seed") + 1] for argv in ran] == ["1", "2"]
-    assert all(argv[argv.index("--epochs") + 1] == "10" for argv in ran)
-    with pytest.raises(SystemExit, match="--short sets the epochs"):
-        zoo.main(["train", "--short", "--epochs", "3"])
-    with pytest.raises(SystemExit, match="nothing to train"):
-        zoo.main(["train", "--set", "ablation", "--only", "pit"])
+    work, kw = calls.pop()
+    assert [e.layout for e, _ in work] == [zoo.ABLATION_LAYOUTS[n] for n in zoo.FULL_DATA_ABLATIONS]
+    assert all(r.epochs == 2 and r.warmup_epochs == 1 for _, r in work) and kw["jobs"] == 1
+    assert zoo.main(["train", "--set", "seeds", "--data", "sub10", "--only", "vit", "--short", "--jobs", "3"]) == 0
+    work, kw = calls.pop()
+    assert [(e.seed, r.epochs) for e, r in work] == [(1, 10), (2, 10)] and kw["jobs"] == 3
+    assert zoo.main(["train"]) == 0  # everything, full recipe, in priority order
+    work, _ = calls.pop()
+    assert [e for e, _ in work] == list(zoo.PRIORITY) and all(r == train.FULL_RECIPE for _, r in work)
+    assert zoo.main(["train", "--only", "vit", "--epochs", "6", "--dataset", "synthetic"]) == 0
+    work, _ = calls.pop()  # --epochs alone scales the warm-up: 5/60 of 6 epochs, at least one
+    assert {(e.dataset, r.epochs, r.warmup_epochs) for e, r in work} == {("synthetic", 6, 1)}
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--short", "--epochs", "3"], "--short sets the epochs"),
+    (["--set", "ablation", "--only", "pit"], "nothing to train"),
+    (["--only"], "expected at least one argument"),          # e.g. --only $MODELS with MODELS unset
+    (["--only", "vgg"], "invalid choice: 'vgg'"),
+    (["--epochs", "0"], "--epochs: must be in"),
+    (["--augment", "flase"], "expected true or false, got 'flase'"),
+    (["--warmup-epochs", "0"], "keep the warm-up snapshot the chapters load"),
+    (["--jobs", "0"], "--jobs: must be in"),
+])
+def test_cli_train_refuses_bad_input_before_any_work(monkeypatch, capsys, argv, match):
+    monkeypatch.setattr(zoo.runner, "run", lambda *a, **kw: pytest.fail("started training"))
+    with pytest.raises(SystemExit) as exit_info:
+        zoo.main(["train", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text,match", [
+    ("{}", r'should hold \{"checkpoints"'), ("[]", r'should hold \{"checkpoints"'),
+    ('{"checkpoints": {"vit-synthetic": 3}}', "is not an object"),
+])
+def test_malformed_manifest_says_what_and_how(folder, text, match):
+    (folder / zoo.MANIFEST_NAME).write_text(text)
+    with pytest.raises(zoo.ZooError, match=match + ".*git checkout -- "):
+        zoo.load("vit", "synthetic", checkpoint_dir=folder)
+
+
+def test_manifest_entry_missing_a_field(folder):
+    path = folder / zoo.MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    del manifest["checkpoints"]["vit-synthetic"]["sha256"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(zoo.ZooError, match="'vit-synthetic' lacks sha256; re-register it with `python -m lib.zoo "
+                                           "register .*vit-synthetic.pt`"):
+        zoo.read_manifest(folder)
+
+
+def test_restore_hints_work_from_the_repository_root():
+    """The hint names the manifest by its path from the root, which is where `git checkout` runs."""
+    hint = catalog._restore_hint(zoo.CHECKPOINT_DIR / zoo.MANIFEST_NAME)
+    assert "`git checkout -- data/checkpoints/MANIFEST.json`" in hint
+    assert subprocess.run(["git", "ls-files", "--error-unmatch", "data/checkpoints/MANIFEST.json"],
+                          cwd=zoo.REPO, capture_output=True).returncode == 0
+
+
+def test_verify_says_what_is_wrong_and_how_to_fix_it(folder, capsys):
+    args = ["verify", "--checkpoint-dir", str(folder)]
+    assert zoo.main(args) == 0 and "ok  vit-synthetic" in capsys.readouterr().out
+    path = folder / "vit-synthetic.pt"
+    blob = bytearray(path.read_bytes())
+    blob[-10] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    shutil.copy(path, folder / "stray.pt")
+    assert zoo.main(args) == 1
+    out = capsys.readouterr().out
+    assert "BAD vit-synthetic: checksum mismatch" in out and "fix: restore it with `git checkout -- " in out
+    assert "BAD stray: stray.pt is in the folder but not in the manifest" in out
+    path.unlink()
+    assert zoo.main(args) == 1 and "BAD vit-synthetic: file" in capsys.readouterr().out
+    (folder / zoo.MANIFEST_NAME).unlink()  # a deleted manifest is an error, not an empty zoo
+    assert zoo.main(args) == 1
+    assert "there is no manifest at" in capsys.readouterr().err
+
+
+def test_register_refuses_an_entry_without_the_snapshot_the_chapters_load(tmp_path):
+    out = tmp_path / "vit-synthetic.pt"
+    train.train("vit", "synthetic", recipe=RECIPE, out=out, progress=False, keep_snapshots=False)
+    with pytest.raises(zoo.ZooError, match="no warm-up snapshot, which the chapters load"):
+        zoo.register(out, checkpoint_dir=tmp_path)
+
+
+def test_the_whole_catalogue_fits_the_size_budget():
+    """Float16 weights take 2 bytes a parameter, twice with a warm-up snapshot: the fully trained zoo
+    (every entry of the catalogue) must stay under the 96 MB the repository allows for checkpoints."""
+    params = {}
+    total = 0
+    for e in zoo.PRIORITY:
+        if (e.model, e.layout) not in params:
+            params[e.model, e.layout] = models.count_parameters(
+                models.build(e.model, **({"layout": e.layout} if e.layout else {})))
+        total += 2 * params[e.model, e.layout] * (2 if e.snapshots else 1) + 50_000  # + record and pickle overhead
+    shipped = {item["file"]: item["bytes"] for item in zoo.read_manifest()["checkpoints"].values()}
+    vit = zoo.Entry("vit")  # the estimate agrees with a shipped file to 2%
+    assert shipped[vit.filename] == pytest.approx(4 * params["vit", None] + 50_000, rel=0.02)
+    assert total < 96e6, f"the catalogue needs about {total / 1e6:.0f} MB"
