@@ -10,6 +10,10 @@ What flows between units: an image-shaped map ``(B, C, H, W)`` in CNNs and Alter
 sequence ``(B, 1 + H*W, D)`` with the CLS token first in the transformers (PiT included: its
 units carry the CLS token in front of the flattened grid). :func:`as_grid` turns either into a
 spatial map.
+
+:class:`UnitInfo` is the one description of a unit (position, name, kind, stage, normalised
+depth, whether it is residual) that every analysis result carries, so that plots and tables of
+different analyses line up unit by unit.
 """
 from __future__ import annotations
 
@@ -25,22 +29,59 @@ KINDS: tuple[str, ...] = ("embed", "conv", "msa", "mlp", "pool", "head")
 
 
 @dataclass(frozen=True)
-class Block:
-    """One unit of a model.
+class UnitInfo:
+    """Where a unit sits in its model and what it is.
 
-    ``kind`` is one of :data:`KINDS`; ``stage`` counts resolution stages from 0 (the embedding is
-    in stage 0, the head in the last stage). ``residual`` is True when the unit computes
-    ``x + module.branch(x)`` with an identity shortcut, so that lesioning it means skipping it.
+    ``index`` is its position in :func:`blocks`; ``kind`` one of :data:`KINDS`; ``stage`` counts
+    resolution stages from 0 (the embedding is in stage 0, the head in the last stage); ``depth``
+    is the normalised depth ``index / (number of units - 1)``, 0 for the embedding and 1 for the
+    head (what Park & Kim plot against). ``residual`` is True when the unit computes
+    ``x + branch(x)`` with an identity shortcut, so that lesioning it means skipping it.
     """
+
+    index: int
+    name: str
+    kind: str
+    stage: int
+    depth: float
+    residual: bool
+
+
+class AboutUnit:
+    """For anything about one unit that holds its :class:`UnitInfo` as ``info``: the unit's
+    ``index``, ``name``, ``kind``, ``stage``, ``depth`` and ``residual`` read through, so every
+    analysis result describes its unit the same way."""
+
+    info: UnitInfo
+
+    index = property(lambda self: self.info.index)
+    name = property(lambda self: self.info.name)
+    kind = property(lambda self: self.info.kind)
+    stage = property(lambda self: self.info.stage)
+    depth = property(lambda self: self.info.depth)
+    residual = property(lambda self: self.info.residual)
+
+
+@dataclass(frozen=True)
+class Block(AboutUnit):
+    """One unit of a model: its :class:`UnitInfo` and the module that computes it."""
+
+    info: UnitInfo
+    module: nn.Module
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A unit before its position is known (the builders list these; :func:`blocks` numbers them)."""
 
     name: str
     kind: str
     module: nn.Module
     stage: int = 0
     residual: bool = False
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
 
 
 class _Unit(nn.Module):
@@ -105,11 +146,11 @@ class _TokenResidual(_Unit):
         return x + self.branch(x)
 
 
-def _transformer_units(block: nn.Module, prefix: str, stage: int) -> list[Block]:
+def _transformer_units(block: nn.Module, prefix: str, stage: int) -> list[_Part]:
     msa = _TokenResidual(block.norm1, block.attn, block.ls1, block.drop_path1)
     mlp = _TokenResidual(block.norm2, block.mlp, block.ls2, block.drop_path2)
-    return [Block(f"{prefix}.msa", "msa", msa, stage, True),
-            Block(f"{prefix}.mlp", "mlp", mlp, stage, True)]
+    return [_Part(f"{prefix}.msa", "msa", msa, stage, True),
+            _Part(f"{prefix}.mlp", "mlp", mlp, stage, True)]
 
 
 class _ViTEmbed(_Unit):
@@ -175,35 +216,35 @@ class _PiTHead(_Unit):
         return self._pit.forward_head(self._pit.norm(x[:, :1]))
 
 
-def _resnet_blocks(model: Classifier) -> list[Block]:
+def _resnet_blocks(model: Classifier) -> list[_Part]:
     net: PreActResNet = model.net
-    out = [Block("stem", "embed", _NormalizedStem(model), 0)]
+    out = [_Part("stem", "embed", _NormalizedStem(model), 0)]
     for s, stage in enumerate(net.stages):
         for i, blk in enumerate(stage):
             kind = "msa" if isinstance(blk, MSABlock) else "conv"
-            out.append(Block(f"stage{s + 1}.{i}.{kind}", kind, _ConvUnit(blk), s, blk.downsample is None))
-    out.append(Block("head", "head", _ResNetHead(net), len(net.stages) - 1))
+            out.append(_Part(f"stage{s + 1}.{i}.{kind}", kind, _ConvUnit(blk), s, blk.downsample is None))
+    out.append(_Part("head", "head", _ResNetHead(net), len(net.stages) - 1))
     return out
 
 
-def _vit_blocks(model: Classifier) -> list[Block]:
+def _vit_blocks(model: Classifier) -> list[_Part]:
     vit = model.net
-    out = [Block("embed", "embed", _ViTEmbed(model), 0)]
+    out = [_Part("embed", "embed", _ViTEmbed(model), 0)]
     for i, blk in enumerate(vit.blocks):
         out += _transformer_units(blk, f"block{i}", 0)
-    out.append(Block("head", "head", _ViTHead(vit), 0))
+    out.append(_Part("head", "head", _ViTHead(vit), 0))
     return out
 
 
-def _pit_blocks(model: Classifier) -> list[Block]:
+def _pit_blocks(model: Classifier) -> list[_Part]:
     pit = model.net
-    out = [Block("embed", "embed", _PiTEmbed(model), 0)]
+    out = [_Part("embed", "embed", _PiTEmbed(model), 0)]
     for s, stage in enumerate(pit.transformers):
         if stage.pool is not None:
-            out.append(Block(f"stage{s + 1}.pool", "pool", _PiTPool(stage), s))
+            out.append(_Part(f"stage{s + 1}.pool", "pool", _PiTPool(stage), s))
         for i, blk in enumerate(stage.blocks):
             out += _transformer_units(blk, f"stage{s + 1}.{i}", s)
-    out.append(Block("head", "head", _PiTHead(pit), len(pit.transformers) - 1))
+    out.append(_Part("head", "head", _PiTHead(pit), len(pit.transformers) - 1))
     return out
 
 
@@ -215,12 +256,20 @@ def blocks(model: nn.Module) -> list[Block]:
     if not isinstance(model, Classifier):
         raise TypeError(f"blocks() needs a zoo model built by lib.models.build, got {type(model).__name__}")
     if isinstance(model.net, PreActResNet):
-        return _resnet_blocks(model)
-    if model.arch.startswith("vit"):
-        return _vit_blocks(model)
-    if model.arch == "pit":
-        return _pit_blocks(model)
-    raise TypeError(f"no block decomposition for architecture {model.arch!r}")
+        parts = _resnet_blocks(model)
+    elif model.arch.startswith("vit"):
+        parts = _vit_blocks(model)
+    elif model.arch == "pit":
+        parts = _pit_blocks(model)
+    else:
+        raise TypeError(f"no block decomposition for architecture {model.arch!r}")
+    last = max(1, len(parts) - 1)
+    return [Block(UnitInfo(i, p.name, p.kind, p.stage, i / last, p.residual), p.module) for i, p in enumerate(parts)]
+
+
+def unit_infos(model: nn.Module) -> list[UnitInfo]:
+    """The :class:`UnitInfo` of every unit of ``blocks(model)``, head included."""
+    return [b.info for b in blocks(model)]
 
 
 def run_blocks(units: list[Block], x: torch.Tensor, keep: bool = False

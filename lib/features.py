@@ -16,35 +16,18 @@ from torch import nn
 from tqdm import tqdm
 
 from . import blocks as blocks_lib
+from .blocks import UnitInfo, unit_infos  # noqa: F401  (the chapters find them here too)
 from . import data
-
-
-@dataclass(frozen=True)
-class UnitInfo:
-    """Where a unit sits: its name, kind, stage and depth (0 for the first unit, 1 for the last)."""
-
-    name: str
-    kind: str
-    stage: int
-    depth: float
-    residual: bool
 
 
 def unit_roles(units: list) -> list[str]:
     """What each unit does, for per-kind tables: its ``kind``, or ``"subsampling"`` where it starts
     a new stage (its input and output differ in resolution, so its change is not the kind's).
 
-    ``units`` are :class:`UnitInfo` or anything else with ``kind`` and ``stage`` (e.g.
+    ``units`` are :class:`lib.blocks.UnitInfo` or anything else with ``kind`` and ``stage`` (e.g.
     :class:`lib.fourier.UnitProfile`); the first unit keeps its kind.
     """
     return [u.kind if i == 0 or u.stage == units[i - 1].stage else "subsampling" for i, u in enumerate(units)]
-
-
-def unit_infos(model: nn.Module) -> list[UnitInfo]:
-    """One :class:`UnitInfo` per unit of ``blocks(model)``, head included (depth normalised to [0, 1])."""
-    units = blocks_lib.blocks(model)
-    last = max(1, len(units) - 1)
-    return [UnitInfo(u.name, u.kind, u.stage, i / last, u.residual) for i, u in enumerate(units)]
 
 
 @torch.no_grad()
@@ -59,8 +42,8 @@ def unit_outputs(model: nn.Module, x: torch.Tensor, device: str | torch.device |
     model.eval()
     units = blocks_lib.blocks(model)
     _, outs = blocks_lib.run_blocks(units, x.to(device), keep=True)
-    return [(info, blocks_lib.as_grid(out).float().cpu())
-            for info, out in zip(unit_infos(model), outs) if info.kind != "head"]
+    return [(unit.info, blocks_lib.as_grid(out).float().cpu())
+            for unit, out in zip(units, outs) if unit.kind != "head"]
 
 
 def feature_map_variance(maps: torch.Tensor) -> float:
@@ -138,7 +121,7 @@ def lesion_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
     device = torch.device(device or next(model.parameters()).device)
     model.eval()
     units = blocks_lib.blocks(model)
-    infos = unit_infos(model)
+    infos = [u.info for u in units]
     lesionable = [i for i, u in enumerate(units) if u.residual]
     correct = np.zeros(len(units))
     base_correct = 0

@@ -51,8 +51,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
 
-from .blocks import as_grid, blocks
-from .train import evaluate
+from .blocks import AboutUnit, UnitInfo, as_grid, blocks
+from .metrics import evaluate
 
 #: Added to every amplitude before the log (Park & Kim's value), so that a frequency absent from a
 #: map gives a large negative but finite log amplitude.
@@ -131,12 +131,35 @@ class FrequencyProfile:
         return float(self.delta[-1])
 
 
+def _token_grid(tokens: Tensor, what: str) -> Tensor:
+    """A 3-D tensor read as tokens ``(B, N, D)`` and put on its grid by :func:`as_grid`.
+
+    The rule (see :func:`relative_log_amplitude`): ``N`` must be a square number of patch tokens,
+    or one more (a CLS token in front), and ``N != D``. Anything else is refused, because a 3-D
+    tensor is just as likely one image ``(C, H, W)``, which the token reading would silently turn
+    into a tiny grid of the wrong numbers.
+    """
+    b, n, d = tokens.shape
+    if tokens.numel() == 0:
+        return as_grid(tokens)  # the caller reports the empty tensor
+    hint = ("for one image (C, H, W) pass x[None]; for tokens outside this rule pass (B, C, H, W) maps, "
+            "e.g. from lib.blocks.as_grid")
+    if n == d:
+        raise ValueError(f"{what} of shape {tuple(tokens.shape)} is ambiguous: a 3-D tensor is read as tokens "
+                         f"(B, N, D), but N == D, which is how one square image (C, H, W) looks; {hint}")
+    side = math.isqrt(n)
+    if n - side * side > 1:
+        raise ValueError(f"{what} of shape {tuple(tokens.shape)} is not a token sequence (B, N, D): N = {n} is "
+                         f"neither a square number of patch tokens nor one more (a CLS token); {hint}")
+    return as_grid(tokens)
+
+
 def _as_maps(features: Tensor, what: str = "features") -> Tensor:
-    """``features`` as ``(B, C, H, W)`` square maps; token sequences go through :func:`as_grid`."""
+    """``features`` as ``(B, C, H, W)`` square maps; token sequences go through :func:`_token_grid`."""
     if not isinstance(features, Tensor):
         raise ValueError(f"{what} must be a torch.Tensor, got {type(features).__name__}")
     if features.ndim == 3:
-        features = as_grid(features)
+        features = _token_grid(features, what)
     if features.ndim != 4:
         raise ValueError(f"{what} must be maps (B, C, H, W) or tokens (B, N, D), got shape "
                          f"{tuple(features.shape)}; logits have no spatial extent")
@@ -173,12 +196,21 @@ def relative_log_amplitude(features: Tensor) -> FrequencyProfile:
 
     ``features`` are maps ``(B, C, H, W)`` with ``H == W`` (a CNN unit's output, or a transformer
     unit's output after :func:`lib.blocks.as_grid`; token sequences ``(B, N, D)`` are passed
-    through ``as_grid`` here, which drops the CLS token). For every image and channel the 2-D FFT
-    is taken in float64, its amplitude floored and logged, ``log(|F| + FLOOR)``; the logs are
-    averaged over images and channels (mean of logs, as in Park & Kim's code) and read on the
-    diagonal from frequency ``(0, 0)`` to the highest frequency: ``H // 2 + 1`` points at
-    ``f = 2k/H`` (units of π), i.e. 0 … π for even ``H`` (15 points on 28×28 maps) and
-    0 … (H − 1)/H·π for odd ``H`` (4 points on a 7×7 token grid: 0, 2/7, 4/7, 6/7 π).
+    through ``as_grid`` here, which drops the CLS token).
+
+    A 3-D tensor is always read as tokens ``(B, N, D)``, never as one image ``(C, H, W)``, and
+    is accepted only if ``N`` is a square number of patch tokens (``N = s²``, an ``s × s`` grid)
+    or one more (``N = 1 + s²``, a CLS token in front, as every zoo transformer unit outputs),
+    and ``N != D``. A square image ``(C, H, H)`` has ``N == D`` and is refused, as is any shape
+    whose ``N`` leaves more than one prefix token (``(1, 28, 30)``: 28 = 5² + 3): pass
+    ``x[None]`` for one image, or your own ``(B, C, H, W)`` maps for other token layouts.
+
+    For every image and channel the 2-D FFT is taken in float64, its amplitude floored and
+    logged, ``log(|F| + FLOOR)``; the logs are averaged over images and channels (mean of logs,
+    as in Park & Kim's code) and read on the diagonal from frequency ``(0, 0)`` to the highest
+    frequency: ``H // 2 + 1`` points at ``f = 2k/H`` (units of π), i.e. 0 … π for even ``H``
+    (15 points on 28×28 maps) and 0 … (H − 1)/H·π for odd ``H`` (4 points on a 7×7 token grid:
+    0, 2/7, 4/7, 6/7 π).
 
     Park & Kim's code reads the diagonal from the centre of the shifted spectrum towards the
     bottom-right corner, which on even sizes stops at ``(H/2 − 1)·2π/H`` and misses π; reading
@@ -188,7 +220,8 @@ def relative_log_amplitude(features: Tensor) -> FrequencyProfile:
     Returns a :class:`FrequencyProfile` (``delta[0] == 0`` by construction).
 
     Raises:
-        ValueError: not maps or tokens, non-square maps, an empty or complex tensor.
+        ValueError: not maps or tokens, a 3-D tensor outside the token rule above (one image
+            ``(C, H, W)`` included), non-square maps, an empty or complex tensor.
     """
     maps = _as_maps(features)
     n_maps = maps.shape[0] * maps.shape[1]
@@ -202,11 +235,13 @@ def log_amplitude_spectrum(features: Tensor, relative: bool = False) -> Tensor:
     ``log(|FFT2| + FLOOR)``) on every frequency, ``torch.fft.fftshift``-ed: frequency ``(0, 0)`` at
     index ``(H // 2, W // 2)``, axes labelled by :func:`frequencies` ``(H)`` (rows) and ``(W)``
     (columns). With ``relative=True`` the value at frequency 0 is subtracted (Δ log amplitude).
-    Returns a float64 CPU tensor ``(H, W)``; non-square maps are fine here.
+    Returns a float64 CPU tensor ``(H, W)``; non-square maps are fine here. A 3-D tensor must be
+    tokens ``(B, N, D)`` by the rule of :func:`relative_log_amplitude` (one image ``(C, H, W)`` is
+    refused with a ``ValueError``: pass ``x[None]``).
     """
     if not isinstance(features, Tensor):
         raise ValueError(f"features must be a torch.Tensor, got {type(features).__name__}")
-    maps = as_grid(features) if features.ndim == 3 else features
+    maps = _token_grid(features, "features") if features.ndim == 3 else features
     if maps.ndim != 4 or maps.numel() == 0:
         raise ValueError(f"features must be non-empty maps (B, C, H, W) or tokens (B, N, D), got shape "
                          f"{tuple(features.shape)}")
@@ -234,20 +269,17 @@ def high_frequency_change(before: Tensor | FrequencyProfile, after: Tensor | Fre
 
 
 @dataclass(frozen=True, eq=False)
-class UnitProfile:
+class UnitProfile(AboutUnit):
     """The Fourier picture of one unit's output (one entry of :func:`unit_profiles`).
 
-    ``name``, ``kind``, ``stage`` and ``index`` (position in ``blocks(model)``) identify the unit;
+    ``info`` identifies the unit (``name``, ``kind``, ``stage``, ``index``, ``depth`` read through);
     ``profile`` is the :class:`FrequencyProfile` of its output; ``spectrum`` the full fftshifted
     mean log amplitude ``(H, W)`` of its output (see :func:`log_amplitude_spectrum`); ``change``
     is :func:`high_frequency_change` from the unit's input (the previous unit's output; the input
     images for the first unit) to its output.
     """
 
-    name: str
-    kind: str
-    stage: int
-    index: int
+    info: UnitInfo
     profile: FrequencyProfile
     spectrum: np.ndarray
     change: float
@@ -313,7 +345,7 @@ def unit_profiles(model: nn.Module, x: Tensor, batch_size: int = 128, device: st
             model.to(home)
     means = [(s / n).cpu() for s, n in zip(sums, counts)]
     profiles = [_profile(m, n) for m, n in zip(means, counts)]
-    return [UnitProfile(name=u.name, kind=u.kind, stage=u.stage, index=i, profile=profiles[i + 1],
+    return [UnitProfile(info=u.info, profile=profiles[i + 1],
                         spectrum=torch.fft.fftshift(means[i + 1]).numpy(),
                         change=profiles[i + 1].high - profiles[i].high)
             for i, u in enumerate(units)]
@@ -449,7 +481,7 @@ class _Evaluator:
     """Accuracy and NLL of a model on perturbed copies of ``(x, y)``, on one device.
 
     Moves the model to ``device`` (if given) on entry and back on exit; evaluation itself is
-    :func:`lib.train.evaluate` (eval mode, the model's mode restored, bf16 autocast on CUDA).
+    :func:`lib.metrics.evaluate` (eval mode, the model's mode restored, bf16 autocast on CUDA).
     """
 
     def __init__(self, model: nn.Module, y: Tensor, batch_size: int, device: str | torch.device | None):
@@ -685,7 +717,7 @@ def low_pass_sweep(model: nn.Module, x: Tensor, y: Tensor, cutoffs: Iterable[flo
     """Accuracy of ``model`` on low-pass filtered images, cutoff by cutoff (Ghiasi et al. 2022).
 
     Each cutoff filters every image with :func:`low_pass` (no clamping) and evaluates with
-    :func:`lib.train.evaluate`; the clean images are evaluated too. Ghiasi et al. find that
+    :func:`lib.metrics.evaluate`; the clean images are evaluated too. Ghiasi et al. find that
     removing high frequencies hurts a ResNet much more than a ViT. ``device`` and ``progress`` as
     in :func:`noise_robustness`.
 

@@ -46,18 +46,50 @@ MatVec = Callable[[torch.Tensor], torch.Tensor]
 # Hessian-vector products
 # --------------------------------------------------------------------------------------------------
 
+def _check_batch(x: torch.Tensor, y: torch.Tensor, what: str = "the batch") -> None:
+    """Refuse an empty batch (its mean loss is undefined) and images without one label each."""
+    if len(x) == 0 or len(y) == 0:
+        raise ValueError(f"{what} is empty (x has shape {tuple(x.shape)}, y {tuple(y.shape)}): the Hessian "
+                         f"of a mean loss needs at least one image")
+    if len(x) != len(y):
+        raise ValueError(f"{what} needs one label per image, got {len(x)} images and {len(y)} labels")
+
+
+def _check_explicit_attention(model: nn.Module) -> None:
+    """Refuse a model with fused attention switched on, before any work is done.
+
+    The fused kernels (``torch.nn.functional.scaled_dot_product_attention``) have no double
+    backward, so a Hessian-vector product through them fails deep inside autograd. The switch is
+    not flipped here: the caller's model is left exactly as it was, and the choice stays visible.
+    """
+    fused = [name or type(model).__name__ for name, m in model.named_modules() if getattr(m, "fused_attn", False)]
+    if fused:
+        raise ValueError(f"{len(fused)} attention module(s) of the model use the fused kernel (fused_attn=True, "
+                         f"e.g. {fused[0]!r}), which has no double backward, so Hessian-vector products through "
+                         f"them fail; call lib.models.set_fused_attn(model, False) first (the explicit path "
+                         f"computes the same function, up to float rounding)")
+
+
 class HessianOperator:
     """H·v for the loss of ``model`` on one batch ``(x, y)``, by double backward.
 
     The forward pass and the first backward (with ``create_graph=True``) run once, here; each
     product then costs one backward through that graph. ``n_products`` counts the products.
     Models with attention must compute it explicitly (``models.set_fused_attn(model, False)``,
-    the zoo's default): fused CPU attention kernels have no double backward.
+    the zoo's default): fused attention kernels have no double backward. A model with any module
+    whose ``fused_attn`` is on is refused with a ``ValueError`` before anything runs, rather than
+    switched over silently (the two paths agree only up to float rounding).
+
+    Raises:
+        ValueError: ``l2 < 0``, an empty batch, ``x`` and ``y`` of different lengths, a model
+            without trainable parameters or with fused attention on.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float = 0.0) -> None:
         if l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {l2}")
+        _check_batch(x, y)
+        _check_explicit_attention(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
@@ -288,6 +320,10 @@ def top_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int =
     """The ``k`` Hessian eigenvalues of largest magnitude of the loss of ``model`` on ``(x, y)``.
 
     The model stays on its device; ``x`` and ``y`` are moved there.
+
+    Raises:
+        ValueError: an unknown ``method``, or a batch or model that :class:`HessianOperator`
+            refuses (an empty batch, fused attention on).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -363,9 +399,18 @@ def batch_spectra(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
 
     Power iteration and Lanczos return the largest-*magnitude* eigenvalues, so a negative value
     in a batch's top k means that batch's loss has a direction of strong negative curvature.
+
+    Raises:
+        ValueError: an unknown ``method``, no batches, an empty batch, or a model with fused
+            attention on (all checked before the first batch is processed).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if len(batches) == 0:
+        raise ValueError("batches is empty: give at least one (x, y) batch")
+    for b, (xb, yb) in enumerate(batches):
+        _check_batch(xb, yb, what=f"batch {b}")
+    _check_explicit_attention(model)
     solver = lanczos_eigs if method == "lanczos" else power_iteration
     values, losses, products, converged = [], [], [], []
     for b, (xb, yb) in enumerate(tqdm(batches, desc=desc, disable=not progress, file=sys.stderr,
@@ -386,6 +431,11 @@ def batch_spectra(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
 # Trace and spectral density
 # --------------------------------------------------------------------------------------------------
 
+def _check_dim(dim: object) -> None:
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"dim must be a positive integer (the number of parameters), got {dim!r}")
+
+
 @dataclass(frozen=True)
 class TraceEstimate:
     """Hutchinson's estimate of tr(H): the mean of vᵀHv over Rademacher vectors v."""
@@ -398,6 +448,7 @@ class TraceEstimate:
 def hutchinson_trace(op: MatVec, dim: int, n_samples: int = 20, seed: int = 0,
                      device: torch.device | str = "cpu") -> TraceEstimate:
     """Estimate tr(H) = E[vᵀHv] with ``n_samples`` Rademacher vectors (entries ±1)."""
+    _check_dim(dim)
     if n_samples < 2:
         raise ValueError(f"n_samples must be >= 2 for an error estimate, got {n_samples}")
     gen = torch.Generator().manual_seed(seed)
@@ -458,6 +509,7 @@ def slq_density(op: MatVec, dim: int, n_vectors: int = 3, steps: int = 30, seed:
     its eigenvalues are the quadrature nodes and the squared first components of its eigenvectors
     the weights. Probes that stop early (an invariant subspace) are padded with zero weights.
     """
+    _check_dim(dim)
     if n_vectors < 1 or steps < 1:
         raise ValueError(f"n_vectors and steps must be >= 1, got {n_vectors} and {steps}")
     steps = min(steps, dim)

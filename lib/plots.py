@@ -45,7 +45,7 @@ def label(model: str) -> str:
 def unit_strip(ax: Axes, units: Sequence[Any], title: str = "") -> Axes:
     """A compact diagram of a model: one coloured cell per residual unit, stage changes marked.
 
-    ``units`` are :class:`lib.blocks.Block` or :class:`lib.summary.UnitInfo` objects (they need
+    ``units`` are :class:`lib.blocks.Block`, :class:`lib.blocks.UnitInfo` or :class:`lib.summary.UnitRow` (they need
     ``kind``, ``stage`` and ``name``).
     """
     short = {"embed": "emb", "conv": "conv", "msa": "MSA", "mlp": "MLP", "pool": "pool", "head": "head"}
@@ -127,7 +127,7 @@ def eigenvalue_strips(ax: Axes, groups: dict[str, Sequence[float]], colors: dict
 def shade_units(ax: Axes, units: Sequence[Any]) -> None:
     """Park & Kim's shading on a plot against normalised depth: MSA units grey, subsampling blue.
 
-    ``units`` have ``kind``, ``stage`` and ``depth`` (e.g. :class:`lib.features.UnitInfo`); each
+    ``units`` have ``kind``, ``stage`` and ``depth`` (e.g. :class:`lib.blocks.UnitInfo`); each
     shaded band is centred on its unit and as wide as the spacing between units. A unit whose stage
     differs from its predecessor's (a pooling unit, or a strided first block) counts as subsampling.
     """

@@ -36,28 +36,23 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 @dataclass(frozen=True)
-class UnitInfo:
-    """One residual unit: where it sits, what it is, what it outputs, how many weights it owns."""
+class UnitRow(B.AboutUnit):
+    """One residual unit (its :class:`lib.blocks.UnitInfo`), what it outputs and how many weights it owns."""
 
-    index: int
-    name: str
-    kind: str
-    stage: int
-    residual: bool
+    info: B.UnitInfo
     output_shape: tuple[int, ...]
     params: int
 
 
-def unit_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[UnitInfo]:
+def unit_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[UnitRow]:
     """The units of :func:`lib.blocks.blocks` with the shape of each output for one input
     and the number of weights each unit owns (every parameter belongs to exactly one unit)."""
     units = B.blocks(model)
     device = next(model.parameters()).device
     with torch.no_grad():
         _, outs = B.run_blocks(units, torch.zeros(1, *input_shape, device=device), keep=True)
-    return [UnitInfo(i, unit.name, unit.kind, unit.stage, unit.residual, tuple(out.shape[1:]),
-                     sum(p.numel() for p in unit.module.parameters()))
-            for i, (unit, out) in enumerate(zip(units, outs))]
+    return [UnitRow(unit.info, tuple(out.shape[1:]), sum(p.numel() for p in unit.module.parameters()))
+            for unit, out in zip(units, outs)]
 
 
 def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:

@@ -284,7 +284,8 @@ def test_info():
     assert list(c100.classes) == sorted(set(c100.classes))  # fine labels are in alphabetical order
     syn = data.info("synthetic")
     assert (syn.in_chans, syn.num_classes, syn.img_size) == (1, 10, 28)
-    assert syn.classes == tuple(f"pattern {i}" for i in range(10))
+    assert syn.classes == ("pattern 0", "pattern 1", "pattern 2", "pattern 3", "pattern 4", "pattern 5",
+                           "pattern 6", "pattern 7", "pattern 8", "pattern 9")
     with pytest.raises(Exception):
         fm.num_classes = 3  # frozen
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import blocks, features, models, train
+from lib import blocks, features, metrics, models
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,19 @@ def vit():
 def resnet():
     torch.manual_seed(0)
     return models.build("resnet").eval()
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    """``zoo(name)``: that zoo model, built once per module, in eval mode."""
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            torch.manual_seed(0)
+            built[name] = models.build(name).eval()
+        return built[name]
+    return get
 
 
 def images(n: int = 6, seed: int = 0):
@@ -55,23 +68,26 @@ def test_unit_outputs_are_the_grids_of_every_non_head_unit(vit):
     assert depths[0] == 0.0 and depths[-1] == 1.0 and depths == sorted(depths)
 
 
-def test_variance_profile_is_independent_of_the_batch_size(resnet):
+@pytest.mark.parametrize("name", models.MODELS)
+def test_variance_profile_is_independent_of_the_batch_size(name, zoo):
+    model = zoo(name)
     x, _ = images(6)
-    whole = features.variance_profile(resnet, x, batch_size=6)
-    split = features.variance_profile(resnet, x, batch_size=4)
+    whole = features.variance_profile(model, x, batch_size=6)
+    split = features.variance_profile(model, x, batch_size=4)
     np.testing.assert_allclose(whole.variance, split.variance, rtol=1e-6)
-    first = features.unit_outputs(resnet, x)[0][1]
-    assert whole.variance[0] == pytest.approx(features.feature_map_variance(first), rel=1e-6)
-    assert len(whole.units) == len(whole.variance) == len(blocks.blocks(resnet)) - 1
+    outs = features.unit_outputs(model, x)
+    for i in (0, len(outs) - 1):  # the first and the last spatial unit, from their maps
+        assert whole.variance[i] == pytest.approx(features.feature_map_variance(outs[i][1]), rel=1e-6)
+    assert len(whole.units) == len(whole.variance) == len(blocks.blocks(model)) - 1
 
 
-@pytest.mark.parametrize("name", ["vit", "resnet"])
-def test_lesions_equal_running_the_model_without_the_unit(name, vit, resnet):
-    model = {"vit": vit, "resnet": resnet}[name]
+@pytest.mark.parametrize("name", models.MODELS)
+def test_lesions_equal_running_the_model_without_the_unit(name, zoo):
+    model = zoo(name)
     x, y = images(8, seed=2)
     result = features.lesion_study(model, x, y, batch_size=5, progress=False)
     units = blocks.blocks(model)
-    assert result.baseline == pytest.approx(train.evaluate(model, x, y)["acc"])
+    assert result.baseline == pytest.approx(metrics.evaluate(model, x, y)["acc"])
     for i, u in enumerate(units):
         if not u.residual:
             assert np.isnan(result.accuracy[i]) and np.isnan(result.drop[i])
@@ -103,6 +119,9 @@ def test_unit_roles_and_variance_change(resnet):
     roles = features.unit_roles(prof.units)
     # stem, two blocks of stage 1, then each later stage opens with a strided (subsampling) block
     assert roles == ["embed", "conv", "conv", "subsampling", "conv", "subsampling", "conv"]
-    np.testing.assert_allclose(prof.change, np.log10(prof.variance[1:]) - np.log10(prof.variance[:-1]))
+    assert prof.change.shape == (len(prof.units) - 1,) and np.all(np.isfinite(prof.change))
+    # the change in decades, on variances chosen by hand: ×10, ÷100, unchanged, ×√10
+    hand = features.VarianceProfile(units=prof.units[:5], variance=np.array([2.0, 20.0, 0.2, 0.2, 0.2 * 10 ** 0.5]))
+    np.testing.assert_allclose(hand.change, [1.0, -2.0, 0.0, 0.5], rtol=0, atol=1e-12)
     pit_roles = features.unit_roles(features.unit_infos(models.build("pit")))
     assert pit_roles.count("subsampling") == 2 and pit_roles[0] == "embed"

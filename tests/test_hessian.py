@@ -203,12 +203,76 @@ def test_batch_spectra_match_the_dense_hessian_of_each_batch():
     for b, (xb, yb) in enumerate(batches):
         exact = by_magnitude(torch.linalg.eigvalsh(exact_hessian(model, xb.flatten(1), yb)).numpy(), 3)
         np.testing.assert_allclose(spectra.values[b], exact, rtol=1e-4)
-    s = spectra.summary()
-    pooled = spectra.pooled
-    assert s["fraction_negative"] == pytest.approx(np.mean(pooled < 0))
-    assert s["median_positive"] == pytest.approx(np.median(pooled[pooled > 0]))
     with pytest.raises(ValueError, match="only 40 given"):
         hessian.spectrum_batches(x, y, n_batches=6, batch_size=8)
+
+
+def test_batch_spectra_summary_by_hand():
+    values = np.array([[3.0, -1.0, 0.5],   # each row by decreasing magnitude, as the solvers return it
+                       [-4.0, 2.0, 1.0]])
+    spectra = hessian.BatchSpectra(values=values, losses=np.zeros(2), n_products=np.zeros(2, int),
+                                   converged=np.ones(2, bool), batch_size=8, k=3)
+    assert spectra.pooled.tolist() == [3.0, -1.0, 0.5, -4.0, 2.0, 1.0]
+    # negatives: -1 and -4 of 6; positives 0.5, 1, 2, 3: median 1.5; batch tops 3 and -4: median -0.5
+    assert spectra.summary() == pytest.approx({"fraction_negative": 1 / 3, "median_positive": 1.5, "max": 3.0,
+                                               "min": -4.0, "median_top": -0.5})
+    no_positive = hessian.BatchSpectra(values=-np.abs(values), losses=np.zeros(2), n_products=np.zeros(2, int),
+                                       converged=np.ones(2, bool), batch_size=8, k=3)
+    assert np.isnan(no_positive.summary()["median_positive"]) and no_positive.summary()["fraction_negative"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs refused up front
+# ---------------------------------------------------------------------------------------------
+
+def test_an_empty_batch_is_refused_by_every_entry_point():
+    model, full = tiny_mlp(), tiny_batch()
+    x, y = torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
+    for call in (lambda: hessian.HessianOperator(model, x, y),
+                 lambda: hessian.top_eigenvalues(model, x, y, k=1),  # used to return [0.]
+                 lambda: hessian.top_eigenvalues(model, x, y, k=1, method="power")):
+        with pytest.raises(ValueError, match=r"the batch is empty \(x has shape \(0, 4\)"):
+            call()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match="batch 1 is empty"):
+        hessian.batch_spectra(model, [full, (x, y)], k=1, progress=False)
+    assert calls == []  # refused before batch 0 was worked on
+    with pytest.raises(ValueError, match="batches is empty"):
+        hessian.batch_spectra(model, [], progress=False)
+    with pytest.raises(ValueError, match="one label per image, got 16 images and 8 labels"):
+        hessian.HessianOperator(model, full[0], full[1][:8])
+    # the operator-based estimators cannot see the batch, but refuse an empty parameter vector
+    op = SymmetricOp(torch.eye(3))
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        hessian.hutchinson_trace(op, 0)
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        hessian.slq_density(op, 0)
+    assert op.n_products == 0
+
+
+def test_fused_attention_is_refused_up_front_and_left_as_it_was():
+    """The fused kernel has no double backward: without the check the first product failed deep
+    inside autograd. The model's switches are not flipped behind the caller's back."""
+    model = models.set_fused_attn(models.build("vit"), True)
+    x, y = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 7])
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    for call in (lambda: hessian.HessianOperator(model, x, y),
+                 lambda: hessian.top_eigenvalues(model, x, y, k=1),
+                 lambda: hessian.batch_spectra(model, [(x, y)], k=1, progress=False)):
+        with pytest.raises(ValueError, match=r"6 attention module\(s\).*fused kernel.*"
+                                             r"call lib\.models\.set_fused_attn\(model, False\) first"):
+            call()
+    assert calls == [] and model.training  # nothing ran, not even model.eval()
+    assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+    models.set_fused_attn(model, False)
+    model.net.blocks[3].attn.fused_attn = True  # one fused module is enough to refuse
+    with pytest.raises(ValueError, match=r"1 attention module\(s\).*'net\.blocks\.3\.attn'"):
+        hessian.HessianOperator(model, x, y)
+    models.set_fused_attn(model, False)  # what the message says to do
+    op = hessian.HessianOperator(model, x, y)
+    assert torch.isfinite(op(torch.ones(op.dim))).all() and calls == [1]
 
 
 # ---------------------------------------------------------------------------------------------
