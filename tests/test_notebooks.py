@@ -5,6 +5,8 @@ cannot: a notebook stored half-run, out of order, with an error, or with a path 
 """
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,42 @@ def test_colab_requirements_are_pinned_like_the_main_ones():
         if line and not line.startswith("#"):
             name, version = line.split("==")
             assert main.get(name) == version, line
+
+
+def _setup_cell(path: Path) -> str:
+    nb = json.loads(path.read_text())
+    return "".join(next(c for c in nb["cells"] if c["cell_type"] == "code")["source"])
+
+
+def test_every_chapter_has_the_same_setup_cell():
+    cells = {path.name: _setup_cell(path) for path in CHAPTERS}
+    first = next(iter(cells.values()))
+    assert all(cell == first for cell in cells.values()), [name for name, cell in cells.items() if cell != first]
+
+
+def test_setup_cell_on_colab_clones_once_and_survives_a_restart(tmp_path):
+    """Run the setup cell as Colab would (a `google.colab` module, no /content here), twice: the
+    first run clones, the second (after "Restart session") reuses the clone instead of failing."""
+    cell = _setup_cell(CHAPTERS[0])
+    driver = f"""
+import subprocess, sys, types
+from pathlib import Path
+sys.modules["google.colab"] = types.ModuleType("google.colab")
+calls = []
+def fake_run(argv, check=False):
+    calls.append(argv[1] if argv[0] == "git" else "pip")
+    if argv[0] == "git":  # "clone": a copy of the repository's lib/ is all the cell needs
+        Path(argv[-1]).mkdir()
+        (Path(argv[-1]) / "lib").symlink_to({str(REPO / "lib")!r})
+        (Path(argv[-1]) / "requirements-colab.txt").write_text("")
+subprocess.run = fake_run
+exec(compile({cell!r}, "setup", "exec"))
+print(calls, Path.cwd().name, DEVICE)
+"""
+    runs = []
+    for _ in range(2):  # the second run is the restarted session: a new process in the same folder
+        proc = subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(proc.stdout.strip())
+    assert runs == ["['clone', 'pip'] how-vits-work cpu", "['pip'] how-vits-work cpu"]
