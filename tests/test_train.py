@@ -214,5 +214,5 @@ def test_epochs_alone_scales_the_warmup(capsys):
     assert [recipe.scaled_warmup(e) for e in (1, 3, 12, 24, 60, 120)] == [1, 1, 1, 2, 5, 10]
     args = parser.parse_args(["--model", "vit", "--out", "x.pt", "--epochs", "3", "--warmup-epochs", "0"])
     assert train.recipe_from_args(args, parser).warmup_epochs == 0  # an explicit value stays
-    assert recipe.recipe_flags(replace(train.FULL_RECIPE, epochs=3, augment=False)) == \
-        ["--epochs", "3", "--augment", "false"]
+    assert recipe.recipe_flags(replace(train.FULL_RECIPE, epochs=3, warmup_epochs=1, augment=False)) == \
+        ["--epochs", "3", "--warmup-epochs", "1", "--augment", "false"]
