@@ -13,7 +13,7 @@ LAYERS: dict[str, int] = {
     "io": 1, "data": 1, "models": 1, "metrics": 1,
     "blocks": 2,
     "recipe": 3, "runstate": 3, "trajectory": 3, "train": 3, "catalog": 3, "runner": 3, "zoo": 3,
-    "landscape": 4, "hessian": 4, "fourier": 4, "features": 4, "alternet": 4, "summary": 4,
+    "landscape": 4, "hessian": 4, "fourier": 4, "perturbations": 4, "features": 4, "alternet": 4, "summary": 4,
     "plots": 5, "stats": 5, "claims": 5, "notebook": 5,
 }
 
