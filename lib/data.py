@@ -477,3 +477,18 @@ def iterate_batches(
         else:
             idx = order[start : start + batch_size]
             yield x[idx], y[idx.to(y.device)]
+
+
+def seeded_sample(x: Tensor, y: Tensor, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The first ``n`` samples of a seeded random order of ``(x, y)``: a fixed random sample.
+
+    The order is ``torch.randperm(len(x))`` from a CPU generator seeded with ``seed``, so samples of
+    different sizes drawn with one seed are nested (the 500 images are the first 500 of the 2,000),
+    and a chapter can size each analysis separately while they all share their images.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(x):
+        raise ValueError(f"n must be an integer in [1, {len(x)}], got {n!r}")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    return x[order], y[order]

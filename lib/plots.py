@@ -127,14 +127,29 @@ def eigenvalue_strips(ax: Axes, groups: dict[str, Sequence[float]], colors: dict
 def shade_units(ax: Axes, units: Sequence[Any]) -> None:
     """Park & Kim's shading on a plot against normalised depth: MSA units grey, subsampling blue.
 
-    ``units`` have ``kind``, ``stage`` and ``depth`` (e.g. :class:`lib.blocks.UnitInfo`); each
-    shaded band is centred on its unit and as wide as the spacing between units. A unit whose stage
+    ``units`` have ``kind``, ``stage`` and ``depth`` (e.g. :class:`lib.blocks.UnitInfo`). As in
+    Park & Kim's figures, a unit's band spans the segment of the curve that the unit produces:
+    from the previous unit's point to its own (the first unit has no segment). A unit whose stage
     differs from its predecessor's (a pooling unit, or a strided first block) counts as subsampling.
     """
-    depths = [u.depth for u in units]
-    half = (min(np.diff(depths)) / 2) if len(depths) > 1 else 0.5
-    for i, u in enumerate(units):
+    for i in range(1, len(units)):
+        u, before = units[i], units[i - 1]
         if u.kind == "msa":
-            ax.axvspan(u.depth - half, u.depth + half, color=MSA_SHADE, zorder=0, lw=0)
-        if i and u.stage != units[i - 1].stage:
-            ax.axvspan(u.depth - half, u.depth + half, color=SUBSAMPLE_SHADE, zorder=0, lw=0)
+            ax.axvspan(before.depth, u.depth, color=MSA_SHADE, zorder=0, lw=0)
+        if u.stage != before.stage:
+            ax.axvspan(before.depth, u.depth, color=SUBSAMPLE_SHADE, zorder=0, lw=0)
+
+
+def depth_profile(ax: Axes, units: Sequence[Any], values: Sequence[float], log: bool = False) -> Axes:
+    """One quantity per unit against normalised depth, as Park & Kim draw it: the units' bands
+    (:func:`shade_units`), a grey line through the values and a dot per unit coloured by its kind."""
+    if len(units) != len(values):
+        raise ValueError(f"{len(units)} units for {len(values)} values")
+    depth = [u.depth for u in units]
+    shade_units(ax, units)
+    ax.plot(depth, values, color="#555555", lw=1, zorder=1)
+    ax.scatter(depth, values, c=[KIND_COLORS[u.kind] for u in units], s=34, zorder=2, edgecolor="white", lw=0.5)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("normalised depth")
+    return ax

@@ -104,6 +104,35 @@ def load(name: str, dataset: str = "fashion-mnist", subset: float | None = None,
     return model, record
 
 
+def entry_for(model_or_layout: str, subset: float | None = None, seed: int = 0,
+              dataset: str = "fashion-mnist") -> Entry:
+    """The zoo entry of a model name (``"vit"``) or of a ResNet/AlterNet block layout (``"CC,MC,MC"``).
+
+    A layout names a ``resnet`` when it is the ResNet's own (no MSA block), else an ``alternet``
+    variant; the AlterNet's own layout is the ``alternet`` entry itself.
+    """
+    if model_or_layout in models.MODELS:
+        return catalogued(Entry(model_or_layout, dataset, subset, seed))
+    layout = ",".join(models.parse_layout(model_or_layout))
+    model = "resnet" if layout == models.RESNET_LAYOUT else "alternet"
+    return catalogued(Entry(model, dataset, subset, seed, layout))
+
+
+def is_trained(entry: Entry, checkpoint_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the manifest lists a checkpoint for ``entry`` (the catalogue may name more than is trained)."""
+    return entry.key in read_manifest(checkpoint_dir, must_exist=True)["checkpoints"]
+
+
+def record(entry: Entry, checkpoint_dir: str | os.PathLike | None = None,
+           device: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The checkpoint record of ``entry`` (history, test metrics, provenance; verified like
+    :func:`load`), or ``None`` when it is not trained."""
+    if not is_trained(entry, checkpoint_dir):
+        return None
+    return load(entry.model, entry.dataset, entry.subset, seed=entry.seed, layout=entry.layout,
+                checkpoint_dir=checkpoint_dir, device=device)[1]
+
+
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------

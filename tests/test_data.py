@@ -485,3 +485,18 @@ def test_iterate_batches_shuffle_is_seeded_and_checks():
         list(data.iterate_batches(x, y[:5], 2))
     with pytest.raises(ValueError):
         list(data.iterate_batches(x, y, 0))
+
+
+def test_seeded_sample_is_a_fixed_nested_random_sample():
+    x = torch.arange(100.0).view(100, 1, 1, 1)
+    y = torch.arange(100)
+    small_x, small_y = data.seeded_sample(x, y, 10, seed=3)
+    big_x, big_y = data.seeded_sample(x, y, 40, seed=3)
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(3))  # what the chapters did by hand
+    assert torch.equal(small_y, order[:10]) and torch.equal(big_y[:10], small_y)  # nested
+    assert torch.equal(small_x.view(-1), small_y.float())  # images and labels stay paired
+    assert not torch.equal(data.seeded_sample(x, y, 10, seed=4)[1], small_y)
+    with pytest.raises(ValueError, match=r"n must be an integer in \[1, 100\], got 0"):
+        data.seeded_sample(x, y, 0)
+    with pytest.raises(ValueError, match="differ in length"):
+        data.seeded_sample(x, y[:5], 3)

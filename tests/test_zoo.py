@@ -292,3 +292,18 @@ def test_the_whole_catalogue_fits_the_size_budget():
     vit = zoo.Entry("vit")  # the estimate agrees with a shipped file to 2%
     assert shipped[vit.filename] == pytest.approx(4 * params["vit", None] + 50_000, rel=0.02)
     assert total < 96e6, f"the catalogue needs about {total / 1e6:.0f} MB"
+
+
+def test_entry_for_a_model_or_a_layout(folder):
+    assert zoo.entry_for("vit", 0.1, seed=2) == zoo.Entry("vit", subset=0.1, seed=2)
+    assert not zoo.entry_for("vit", 0.1, seed=2).snapshots  # the catalogue's own entry
+    assert zoo.entry_for("CC,CC,CC") == zoo.Entry("resnet")
+    assert zoo.entry_for("cc,cm,cm") == zoo.Entry("alternet")
+    assert zoo.entry_for("CC,MC,MC", 0.1).key == "alternet-CC.MC.MC-fashion-mnist-sub10"
+    with pytest.raises(ValueError, match="bad layout 'vgg'"):
+        zoo.entry_for("vgg")
+    trained, untrained = zoo.entry_for("vit", dataset="synthetic"), zoo.entry_for("resnet", dataset="synthetic")
+    assert zoo.is_trained(trained, folder) and not zoo.is_trained(untrained, folder)
+    assert zoo.record(untrained, folder) is None
+    rec = zoo.record(trained, folder)
+    assert rec["manifest"]["file"] == "vit-synthetic.pt" and "weights" not in rec

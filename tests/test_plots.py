@@ -1,0 +1,50 @@
+"""Plot helpers: the shading spans what Park & Kim's figures shade, and a profile draws one dot per unit."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from lib import blocks, models, plots  # noqa: E402
+
+
+def spans(ax) -> list[tuple[float, float, tuple]]:
+    """(left, right, colour) of every vertical band on ``ax``."""
+    out = []
+    for patch in ax.patches:
+        box = patch.get_path().get_extents(patch.get_patch_transform())  # x in data coordinates
+        out.append((round(float(box.x0), 6), round(float(box.x1), 6), patch.get_facecolor()[:3]))
+    return sorted(out)
+
+
+def test_bands_span_the_segment_each_unit_produces():
+    units = blocks.unit_infos(models.build("alternet"))  # stem, stage1: C C, stage2: C M, stage3: C M, head
+    fig, ax = plt.subplots()
+    plots.shade_units(ax, units)
+    grey, blue = matplotlib.colors.to_rgb(plots.MSA_SHADE), matplotlib.colors.to_rgb(plots.SUBSAMPLE_SHADE)
+    step = 1 / (len(units) - 1)
+    kinds = [u.kind for u in units]
+    assert kinds == ["embed", "conv", "conv", "conv", "msa", "conv", "msa", "head"]
+    expected = sorted([(round(3 * step, 6), round(4 * step, 6), grey), (round(5 * step, 6), round(6 * step, 6), grey),
+                       (round(2 * step, 6), round(3 * step, 6), blue), (round(4 * step, 6), round(5 * step, 6), blue)])
+    got = [(a, b, tuple(round(c, 6) for c in col)) for a, b, col in spans(ax)]
+    assert got == [(a, b, tuple(round(c, 6) for c in col)) for a, b, col in expected]
+    plt.close(fig)
+
+
+def test_depth_profile_draws_every_unit_in_its_colour():
+    units = blocks.unit_infos(models.build("vit"))[:-1]
+    values = np.arange(1, len(units) + 1, dtype=float)
+    fig, ax = plt.subplots()
+    plots.depth_profile(ax, units, values, log=True)
+    dots = ax.collections[0]
+    np.testing.assert_allclose(dots.get_offsets(), np.c_[[u.depth for u in units], values])
+    colours = [matplotlib.colors.to_hex(c) for c in dots.get_facecolors()]
+    assert colours == [matplotlib.colors.to_hex(plots.KIND_COLORS[u.kind]) for u in units]
+    assert ax.get_yscale() == "log" and len(ax.lines) == 1
+    with pytest.raises(ValueError, match="13 units for 3 values"):
+        plots.depth_profile(ax, units, values[:3])
+    plt.close(fig)
