@@ -1,5 +1,6 @@
 # How ViTs Work: one-command set-up, tests, book, zoo and benchmarks.
 #   make test     set up (.venv, packages, data) and run every test
+#   make test-threads  the chapters' stored outputs checked with 1 and with 4 threads
 #   make book     set up and build the HTML book from the stored outputs
 #   make execute  re-execute the chapters in place (after lib or checkpoint changes)
 #   make zoo      train what the zoo lacks with the full recipe, restartably, in priority order
@@ -15,7 +16,7 @@ DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 JOBS ?= 1
 ZOO_ARGS ?=
 
-.PHONY: setup data test book html browser-check execute zoo ablations bench clean
+.PHONY: setup data test test-threads book html browser-check execute zoo ablations bench clean
 
 setup: $(STAMP) data
 
@@ -40,6 +41,12 @@ test: setup
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 chapters
 	$(MAKE) --no-print-directory browser-check
+
+# The stored outputs must reproduce on a reader's machine too, whatever its number of cores: the
+# chapters re-executed under nbval with 1 and with 4 threads (make test covers this machine's 2).
+test-threads: setup
+	for n in 1 4; do OMP_NUM_THREADS=$$n MKL_NUM_THREADS=$$n $(PY) -m pytest --nbval \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 chapters || exit 1; done
 
 book: setup html
 
