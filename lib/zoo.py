@@ -166,7 +166,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_register(args: argparse.Namespace) -> int:
     for path in args.paths:
-        r = register(path, args.checkpoint_dir or Path(path).resolve().parent)
+        r = register(path, args.checkpoint_dir)  # the zoo's folder unless told otherwise
         print(f"registered {r['file']}: {r['test_acc']:.2f}% ({r['status']})")
     return 0
 

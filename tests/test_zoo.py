@@ -307,3 +307,13 @@ def test_entry_for_a_model_or_a_layout(folder):
     assert zoo.record(untrained, folder) is None
     rec = zoo.record(trained, folder)
     assert rec["manifest"]["file"] == "vit-synthetic.pt" and "weights" not in rec
+
+
+def test_cli_register_goes_to_the_zoo_folder_unless_told(folder, tmp_path, capsys):
+    path = folder / "vit-synthetic.pt"
+    assert zoo.main(["register", str(path)]) == 1  # not in data/checkpoints: refused, nothing written
+    assert "is not in data/checkpoints" in capsys.readouterr().err
+    (folder / zoo.MANIFEST_NAME).unlink()
+    assert zoo.main(["register", str(path), "--checkpoint-dir", str(folder)]) == 0
+    assert "registered vit-synthetic.pt" in capsys.readouterr().out
+    assert set(zoo.read_manifest(folder)["checkpoints"]) == {"vit-synthetic"}
