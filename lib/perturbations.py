@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -221,6 +221,28 @@ class NoiseRobustness(_ChangeFromClean):
     n_images: int
 
 
+def _sweep(model: nn.Module, x: Tensor, y: Tensor, perturbed: list[Callable[[], Tensor]], batch_size: int,
+           device: str | torch.device | None, progress: bool, desc: str
+           ) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Clean accuracy and NLL of ``model`` on ``(x, y)``, then those of each perturbed version of
+    ``x`` (made one at a time by the callables, so only one is in memory): ``(clean_acc,
+    clean_nll, acc, nll)``."""
+    acc, nll = [], []
+    with _Evaluator(model, y, batch_size, device) as run:
+        bar = tqdm(total=1 + len(perturbed), desc=desc, unit="eval", file=sys.stderr, disable=not progress)
+        try:
+            clean_acc, clean_nll = run(x)
+            bar.update(1)
+            for make in perturbed:
+                a, n = run(make())
+                acc.append(a)
+                nll.append(n)
+                bar.update(1)
+        finally:
+            bar.close()
+    return clean_acc, clean_nll, np.array(acc), np.array(nll)
+
+
 def noise_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, bands: Iterable[float] = BANDS,
                      width: float = 0.1, batch_size: int = 256, seed: int = 0,
                      device: str | torch.device | None = None, progress: bool = True) -> NoiseRobustness:
@@ -249,20 +271,9 @@ def noise_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, bands: 
     centres = _check_values(bands, "bands")
     masks = [band_mask(x.shape[2], x.shape[3], float(b), width) for b in centres]
     white = torch.randn(tuple(x.shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-    acc, nll = [], []
-    with _Evaluator(model, y, batch_size, device) as run:
-        bar = tqdm(total=1 + len(centres), desc="band noise", unit="eval", file=sys.stderr, disable=not progress)
-        try:
-            clean_acc, clean_nll = run(x)
-            bar.update(1)
-            for mask in masks:
-                a, n = run(_noisy(x, _unit_rms_band(white, mask), eps))
-                acc.append(a)
-                nll.append(n)
-                bar.update(1)
-        finally:
-            bar.close()
-    return NoiseRobustness(bands=centres, acc=np.array(acc), nll=np.array(nll), clean_acc=clean_acc,
+    perturbed = [lambda mask=mask: _noisy(x, _unit_rms_band(white, mask), eps) for mask in masks]
+    clean_acc, clean_nll, acc, nll = _sweep(model, x, y, perturbed, batch_size, device, progress, "band noise")
+    return NoiseRobustness(bands=centres, acc=acc, nll=nll, clean_acc=clean_acc,
                            clean_nll=clean_nll, eps=eps, width=float(width), seed=seed, n_images=len(y))
 
 
@@ -405,18 +416,7 @@ def low_pass_sweep(model: nn.Module, x: Tensor, y: Tensor, cutoffs: Iterable[flo
     """
     _check_xy(x, y)
     values = _check_values(cutoffs, "cutoffs")
-    acc, nll = [], []
-    with _Evaluator(model, y, batch_size, device) as run:
-        bar = tqdm(total=1 + len(values), desc="low-pass", unit="eval", file=sys.stderr, disable=not progress)
-        try:
-            clean_acc, clean_nll = run(x)
-            bar.update(1)
-            for c in values:
-                a, n = run(low_pass(x, float(c)))
-                acc.append(a)
-                nll.append(n)
-                bar.update(1)
-        finally:
-            bar.close()
-    return LowPassSweep(cutoffs=values, acc=np.array(acc), nll=np.array(nll), clean_acc=clean_acc,
+    perturbed = [lambda c=c: low_pass(x, float(c)) for c in values]
+    clean_acc, clean_nll, acc, nll = _sweep(model, x, y, perturbed, batch_size, device, progress, "low-pass")
+    return LowPassSweep(cutoffs=values, acc=acc, nll=nll, clean_acc=clean_acc,
                         clean_nll=clean_nll, n_images=len(y))
