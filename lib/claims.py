@@ -199,3 +199,16 @@ def glue_number(name: str, value: float, digits: int, glue: GlueFn | None = None
     text = f"{text} {unit}" if unit else text
     _glue_fn(glue)(name, text, display=False)
     return text
+
+
+def glue_text(name: str, text: str, glue: GlueFn | None = None) -> str:
+    """Glue a short computed text for the prose, e.g. a range "82–87°" or a list of bands.
+
+    For quantities that are not one number: build ``text`` from computed values (never type the
+    numbers) and paste it with ``{glue:text}``. Returns ``text``.
+    """
+    _check_key(name, "name")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text glued as {name!r} must be a non-empty string, got {text!r}")
+    _glue_fn(glue)(name, text, display=False)
+    return text

@@ -90,6 +90,17 @@ def test_glue_number_formats_like_estimates():
         claims.glue_number("Gap", 1.0, 2, glue=put)
 
 
+def test_glue_text_glues_the_string_and_refuses_empty_text():
+    recorded = {}
+    put = lambda name, value, display: recorded.update({name: (value, display)})  # noqa: E731
+    assert claims.glue_text("theta_range", "82\u201387\u00b0", glue=put) == "82\u201387\u00b0"
+    assert recorded == {"theta_range": ("82\u201387\u00b0", False)}
+    with pytest.raises(ValueError, match="non-empty string"):
+        claims.glue_text("empty", "  ", glue=put)
+    with pytest.raises(ValueError, match="name must use only"):
+        claims.glue_text("Bad-Key", "x", glue=put)
+
+
 def test_claims_table_columns_and_rows():
     cs = [judge("rise", "Park & Kim 2022", "ViTs rise less", "Fig. 1a: +20 vs +12", ABOVE, "positive",
                 unit="points"),
