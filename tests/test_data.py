@@ -1,4 +1,4 @@
-"""Tests for lib/data.py: file resolution on fake files, subsets, augmentation, synthetic data, batching."""
+"""Tests for lib/data.py and lib/datafiles.py: file resolution on fake files, subsets, augmentation, synthetic data, batching."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-from lib import data  # noqa: E402
+from lib import data, datafiles  # noqa: E402
 from lib.data import DataNotFoundError  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def no_debian(tmp_path, monkeypatch):
     """Point the Debian folder at an empty directory."""
     empty = tmp_path / "no-debian"
     empty.mkdir()
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", empty)
+    monkeypatch.setattr(datafiles, "DEBIAN_FASHION_MNIST", empty)
     return empty
 
 
@@ -109,7 +109,7 @@ def test_fashion_copied_from_debian(tmp_path, monkeypatch, failing_download):
     arrays = fake_fashion(seed=1)
     debian = tmp_path / "debian"
     write_gz(debian, arrays)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(datafiles, "DEBIAN_FASHION_MNIST", debian)
     root = tmp_path / "root"
     assert data.ensure_fashion_mnist(root) == root / "FashionMNIST" / "raw"
     assert sorted(os.listdir(root / "FashionMNIST" / "raw")) == sorted(arrays)  # no temp files left
@@ -122,7 +122,7 @@ def test_fashion_debian_needs_all_four_files(tmp_path, monkeypatch, failing_down
     arrays = fake_fashion()
     debian = tmp_path / "debian"
     write_gz(debian, {k: v for k, v in arrays.items() if not k.startswith("t10k-labels")})
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(datafiles, "DEBIAN_FASHION_MNIST", debian)
     with pytest.raises(DataNotFoundError):
         data.load("fashion-mnist", root=tmp_path / "root")
     assert failing_download == ["FashionMNIST"]
@@ -133,7 +133,7 @@ def test_fashion_corrupt_debian_file_leaves_no_partial_files(tmp_path, monkeypat
     debian = tmp_path / "debian"
     write_gz(debian, arrays)
     (debian / "train-images-idx3-ubyte.gz").write_bytes(b"this is not gzip data" * 100)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(datafiles, "DEBIAN_FASHION_MNIST", debian)
     root = tmp_path / "root"
     with pytest.raises(DataNotFoundError, match="copying from"):
         data.load("fashion-mnist", root=root, download=False)
@@ -163,8 +163,8 @@ def test_fashion_download_false_does_not_download(tmp_path, no_debian, failing_d
 
 def test_fashion_real_debian_files(tmp_path):
     """Integration test on the real Debian package's files, where installed."""
-    if not all((data.DEBIAN_FASHION_MNIST / f"{n}.gz").is_file() for n in data.FASHION_MNIST_FILES):
-        pytest.skip(f"dataset-fashion-mnist not installed in {data.DEBIAN_FASHION_MNIST}")
+    if not all((datafiles.DEBIAN_FASHION_MNIST / f"{n}.gz").is_file() for n in datafiles.FASHION_MNIST_FILES):
+        pytest.skip(f"dataset-fashion-mnist not installed in {datafiles.DEBIAN_FASHION_MNIST}")
     x, y = data.load("fashion-mnist", train=False, root=tmp_path, download=False)
     assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,)
     assert torch.equal(torch.bincount(y), torch.full((10,), 1000))
