@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
 
 from .fourier import CHUNK, TOL, check_positive_int, model_device, radius
-from .metrics import evaluate
+from .metrics import evaluate_per_image
 
 #: Centres of the noise bands of Park & Kim's Fig. 2b, in units of π.
 BANDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -179,9 +179,9 @@ class _Evaluator:
         if self.moved:
             self.model.to(self.home)
 
-    def __call__(self, x: Tensor) -> tuple[float, float]:
-        result = evaluate(self.model, x, self.y, batch_size=self.batch_size, device=self.device)
-        return result["acc"], result["nll"]
+    def __call__(self, x: Tensor) -> tuple[float, float, np.ndarray]:
+        result = evaluate_per_image(self.model, x, self.y, batch_size=self.batch_size, device=self.device)
+        return result["acc"], result["nll"], result["correct"]
 
 
 def _noisy(x: Tensor, unit_noise: Tensor, eps: float) -> Tensor:
@@ -190,7 +190,13 @@ def _noisy(x: Tensor, unit_noise: Tensor, eps: float) -> Tensor:
 
 
 class _ChangeFromClean:
-    """``drop``: accuracy change in points, ``acc − clean_acc`` (negative: the perturbation hurts)."""
+    """``drop``: accuracy change in points, ``acc − clean_acc`` (negative: the perturbation hurts).
+
+    ``correct`` holds the outcome per image, ``(n_images, 1 + len(acc))``: 1.0 where the image is
+    classified right, column 0 clean, then one column per perturbation. Two models evaluated on
+    the same images (and noise seed) give a paired comparison image by image; the column means
+    are ``clean_acc`` and ``acc`` divided by 100.
+    """
 
     acc: np.ndarray
     clean_acc: float
@@ -219,28 +225,30 @@ class NoiseRobustness(_ChangeFromClean):
     width: float
     seed: int
     n_images: int
+    correct: np.ndarray
 
 
 def _sweep(model: nn.Module, x: Tensor, y: Tensor, perturbed: list[Callable[[], Tensor]], batch_size: int,
-           device: str | torch.device | None, progress: bool, desc: str
-           ) -> tuple[float, float, np.ndarray, np.ndarray]:
+           device: str | torch.device | None, progress: bool, desc: str) -> dict:
     """Clean accuracy and NLL of ``model`` on ``(x, y)``, then those of each perturbed version of
-    ``x`` (made one at a time by the callables, so only one is in memory): ``(clean_acc,
-    clean_nll, acc, nll)``."""
-    acc, nll = [], []
+    ``x`` (made one at a time by the callables, so only one is in memory): the fields ``clean_acc``,
+    ``clean_nll``, ``acc``, ``nll`` and ``correct`` (per image, clean first) of the results."""
+    acc, nll, correct = [], [], []
     with _Evaluator(model, y, batch_size, device) as run:
         bar = tqdm(total=1 + len(perturbed), desc=desc, unit="eval", file=sys.stderr, disable=not progress)
         try:
-            clean_acc, clean_nll = run(x)
+            clean_acc, clean_nll, clean_correct = run(x)
             bar.update(1)
             for make in perturbed:
-                a, n = run(make())
+                a, n, c = run(make())
                 acc.append(a)
                 nll.append(n)
+                correct.append(c)
                 bar.update(1)
         finally:
             bar.close()
-    return clean_acc, clean_nll, np.array(acc), np.array(nll)
+    return {"clean_acc": clean_acc, "clean_nll": clean_nll, "acc": np.array(acc), "nll": np.array(nll),
+            "correct": np.column_stack([clean_correct, *correct])}
 
 
 def noise_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, bands: Iterable[float] = BANDS,
@@ -272,9 +280,8 @@ def noise_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, bands: 
     masks = [band_mask(x.shape[2], x.shape[3], float(b), width) for b in centres]
     white = torch.randn(tuple(x.shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
     perturbed = [lambda mask=mask: _noisy(x, _unit_rms_band(white, mask), eps) for mask in masks]
-    clean_acc, clean_nll, acc, nll = _sweep(model, x, y, perturbed, batch_size, device, progress, "band noise")
-    return NoiseRobustness(bands=centres, acc=acc, nll=nll, clean_acc=clean_acc,
-                           clean_nll=clean_nll, eps=eps, width=float(width), seed=seed, n_images=len(y))
+    evaluated = _sweep(model, x, y, perturbed, batch_size, device, progress, "band noise")
+    return NoiseRobustness(bands=centres, **evaluated, eps=eps, width=float(width), seed=seed, n_images=len(y))
 
 
 @dataclass(frozen=True, eq=False)
@@ -333,7 +340,7 @@ def calibrate_eps(model: nn.Module, x: Tensor, y: Tensor, target_drop: float = 1
     with _Evaluator(model, y, batch_size, device) as run:
         bar = tqdm(total=2 + steps, desc="calibrate eps", unit="eps", file=sys.stderr, disable=not progress)
         try:
-            clean_acc, _ = run(x)
+            clean_acc = run(x)[0]
             bar.update(1)
 
             def worst(eps: float) -> tuple[float, float]:
@@ -399,6 +406,7 @@ class LowPassSweep(_ChangeFromClean):
     clean_acc: float
     clean_nll: float
     n_images: int
+    correct: np.ndarray
 
 
 def low_pass_sweep(model: nn.Module, x: Tensor, y: Tensor, cutoffs: Iterable[float] = CUTOFFS,
@@ -417,6 +425,5 @@ def low_pass_sweep(model: nn.Module, x: Tensor, y: Tensor, cutoffs: Iterable[flo
     _check_xy(x, y)
     values = _check_values(cutoffs, "cutoffs")
     perturbed = [lambda c=c: low_pass(x, float(c)) for c in values]
-    clean_acc, clean_nll, acc, nll = _sweep(model, x, y, perturbed, batch_size, device, progress, "low-pass")
-    return LowPassSweep(cutoffs=values, acc=acc, nll=nll, clean_acc=clean_acc,
-                        clean_nll=clean_nll, n_images=len(y))
+    evaluated = _sweep(model, x, y, perturbed, batch_size, device, progress, "low-pass")
+    return LowPassSweep(cutoffs=values, **evaluated, n_images=len(y))

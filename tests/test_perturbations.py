@@ -130,6 +130,12 @@ def test_noise_robustness_matches_an_independent_computation():
         noise = perturbations.band_noise(x.shape, b, eps=0.5, generator=torch.Generator().manual_seed(3))
         expected = metrics.evaluate(net, x + noise, y, batch_size=16)
         assert res.acc[i] == expected["acc"] and res.nll[i] == pytest.approx(expected["nll"], rel=1e-6)
+        with torch.no_grad():  # per image, straight from the logits
+            hits = (net(x + noise).argmax(1) == y).double().numpy()
+        np.testing.assert_array_equal(res.correct[:, 1 + i], hits)
+    assert res.correct.shape == (len(y), 1 + len(bands))
+    np.testing.assert_array_equal(res.correct[:, 0], np.ones(len(y)))  # labels are the clean predictions
+    np.testing.assert_array_equal(100 * res.correct[:, 1:].mean(0), res.acc)
     assert res.acc.min() < 100.0  # the noise does something at this level
     again = perturbations.noise_robustness(net, x, y, eps=0.5, bands=bands, seed=3, batch_size=64, progress=False)
     np.testing.assert_array_equal(again.acc, res.acc)  # batching does not change the noise
@@ -162,6 +168,9 @@ def test_low_pass_sweep_matches_an_independent_computation():
     for i, c in enumerate((0.0, 0.3, 1.0)):
         expected = metrics.evaluate(net, perturbations.low_pass(x, c), y, batch_size=32)
         assert res.acc[i] == expected["acc"]
+        with torch.no_grad():
+            hits = (net(perturbations.low_pass(x, c)).argmax(1) == y).double().numpy()
+        np.testing.assert_array_equal(res.correct[:, 1 + i], hits)
     assert res.acc[-1] == res.clean_acc == 100.0
     assert res.acc[0] < 100.0
     np.testing.assert_array_equal(res.drop, res.acc - 100.0)
