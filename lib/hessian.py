@@ -7,14 +7,12 @@ released; this module is a complete, tested implementation.
 
 * :class:`HessianOperator` gives Hessian-vector products H·v by double backward. The gradient
   graph is built once per batch and reused by every product (one extra backward each).
-* :func:`lanczos_eigs` finds the top-k eigenvalues by magnitude with the Lanczos method and full
-  re-orthogonalisation, stopping when each wanted Ritz pair has a relative residual below ``tol``
-  (which bounds the relative error of the eigenvalue).
-  It needs several times fewer products than :func:`power_iteration` (deflated power iteration,
-  as PyHessian does), which is kept for comparison.
-* :func:`batch_spectra` runs one of them on each of a series of augmented training batches.
-* :func:`hutchinson_trace` and :func:`slq_density` estimate tr(H) and the spectral density by
-  stochastic Lanczos quadrature.
+* :func:`top_eigenvalues` finds a batch's top-k eigenvalues by magnitude with the solvers of
+  :mod:`lib.krylov` (Lanczos by default; deflated power iteration, as PyHessian does, for
+  comparison), and :func:`batch_spectra` runs one on each of a series of augmented training batches.
+* The solvers, Hutchinson's trace and the stochastic-Lanczos-quadrature density work on any
+  operator and live in :mod:`lib.krylov`; they are importable from here too
+  (``hessian.lanczos_eigs``, ``hessian.slq_density``, ...), as the chapters call them.
 
 Conventions, stated once: the loss is the mean cross-entropy (no label smoothing) of the batch,
 plus ``l2/2·‖w‖²`` when ``l2 > 0`` (which shifts every eigenvalue by exactly ``l2``); the model is
@@ -24,10 +22,8 @@ parameters take part. Vectors are flat, in ``model.parameters()`` order.
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -36,10 +32,10 @@ from torch import nn
 from tqdm import tqdm
 
 from . import data
+from .krylov import (CRITERIA, Eigs, MatVec, SpectralDensity, TraceEstimate, hutchinson_trace,  # noqa: F401
+                     lanczos_eigs, power_iteration, slq_density)
 
 METHODS = ("lanczos", "power")
-
-MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,187 +128,6 @@ def dense_hessian(op: MatVec, dim: int, device: torch.device | str = "cpu") -> t
 # --------------------------------------------------------------------------------------------------
 # Top eigenvalues
 # --------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Eigs:
-    """Eigenvalues of largest magnitude (sorted by decreasing magnitude) and how they were found.
-
-    ``vectors`` (k × dim, unit norm, float32 on the operator's device) is ``None`` unless asked
-    for. ``converged`` says whether every value met the tolerance within the iteration limit.
-    """
-
-    values: np.ndarray
-    n_products: int
-    converged: bool
-    vectors: torch.Tensor | None = None
-
-
-def _random_unit(dim: int, generator: torch.Generator, device, dtype=torch.float64) -> torch.Tensor:
-    v = torch.randn(dim, generator=generator, dtype=torch.float64).to(device, dtype)
-    return v / v.norm()
-
-
-class _Basis:
-    """Rows of an orthonormal Krylov basis in float64, in storage that grows by doubling.
-
-    Allocating ``max_iter`` rows up front would cost ~1 GB and the time to zero it for a
-    million-parameter model, when a few dozen rows are typically used.
-    """
-
-    def __init__(self, dim: int, device: torch.device, capacity: int = 16) -> None:
-        self.rows = torch.empty(capacity, dim, dtype=torch.float64, device=device)
-        self.n = 0
-
-    def append(self, q: torch.Tensor) -> None:
-        if self.n == len(self.rows):
-            grown = torch.empty(2 * len(self.rows), self.rows.shape[1], dtype=torch.float64, device=self.rows.device)
-            grown[: self.n] = self.rows
-            self.rows = grown
-        self.rows[self.n] = q
-        self.n += 1
-
-    def view(self) -> torch.Tensor:
-        return self.rows[: self.n]
-
-    def orthogonalise(self, w: torch.Tensor) -> torch.Tensor:
-        """w minus its projection on the basis, twice ("twice is enough" for Gram–Schmidt)."""
-        b = self.view()
-        for _ in range(2):
-            w = w - b.T @ (b @ w)
-        return w
-
-
-def _by_magnitude(values: np.ndarray) -> np.ndarray:
-    return np.argsort(-np.abs(values), kind="stable")
-
-
-CRITERIA = ("eigenvalue", "residual")
-
-
-def _error_bounds(ritz: np.ndarray, residual: np.ndarray, top: np.ndarray, criterion: str) -> np.ndarray:
-    """Bounds on |θ − λ| for the wanted Ritz values ``ritz[top]`` with residual norms ``residual``.
-
-    For a symmetric operator a Ritz value with residual r lies within r of an eigenvalue, and
-    within r²/gap once r is small against the gap to the rest of the spectrum (estimated by the
-    distance to the nearest other Ritz value) — the usual a-posteriori bound of Lanczos codes.
-    """
-    if criterion == "residual" or len(ritz) == 1:
-        return residual
-    others = np.abs(ritz[top][:, None] - ritz[None, :])
-    others[np.arange(len(top)), top] = np.inf
-    gap = others.min(axis=1)
-    return np.minimum(residual, residual ** 2 / np.maximum(gap, 1e-300))
-
-
-def lanczos_eigs(op: MatVec, dim: int, k: int = 5, tol: float = 1e-3, max_iter: int = 100,
-                 seed: int = 0, device: torch.device | str = "cpu", return_vectors: bool = False,
-                 check_every: int = 1, criterion: str = "residual") -> Eigs:
-    """The ``k`` eigenvalues of largest magnitude of a symmetric operator by Lanczos.
-
-    Full re-orthogonalisation (classical Gram–Schmidt, applied twice, in float64) keeps the basis
-    orthonormal, so no spurious copies of converged eigenvalues appear. Each Ritz pair (θ, u) has
-    the residual r = ‖H·u − θ·u‖ = |β_m · s_m| for free, and θ lies within r of an eigenvalue.
-    ``criterion="residual"`` (default) stops when r ≤ ``tol·|θ|`` for every wanted pair: a
-    guaranteed relative accuracy ``tol`` — stricter than power iteration's "the estimate changed
-    by less than tol", which stalls short of it. ``criterion="eigenvalue"`` stops on the usual
-    sharper estimate min(r, r²/gap), with the gap taken from the other Ritz values: fewer
-    products, but optimistic while the gap is misjudged (measured: 3% error at tol 1e-2 on a
-    ViT's top 5, whose 4th and 5th eigenvalues sit next to the bulk of the spectrum).
-    """
-    if not 1 <= k <= dim:
-        raise ValueError(f"k must be in [1, dim={dim}], got {k}")
-    if tol <= 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    device = torch.device(device)
-    gen = torch.Generator().manual_seed(seed)
-    max_iter = min(max_iter, dim)
-    basis = _Basis(dim, device)
-    alphas: list[float] = []
-    betas: list[float] = []
-    q = _random_unit(dim, gen, device)
-    n_products, converged = 0, False
-    ritz, s_vecs = np.zeros(0), np.zeros((0, 0))
-    for j in range(max_iter):
-        basis.append(q)
-        w = op(q.float()).double()
-        n_products += 1
-        alpha = torch.dot(w, q).item()
-        alphas.append(alpha)
-        w = basis.orthogonalise(w)  # w ← (I − Q Qᵀ) w
-        beta = w.norm().item()
-        last = j + 1 == max_iter
-        invariant = beta < 1e-10 * max(1.0, max(abs(a) for a in alphas))
-        if invariant or last or ((j + 1) >= k and (j + 1) % check_every == 0):
-            t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-            ritz, s_vecs = np.linalg.eigh(t)
-            top = _by_magnitude(ritz)[:k]
-            residual = np.abs(beta * s_vecs[-1, top])
-            bound = _error_bounds(ritz, residual, top, criterion)
-            # An invariant Krylov subspace makes its Ritz values exact (there may be fewer than k:
-            # the start vector missed the rest of the spectrum, which happens only for tiny ops).
-            if invariant or (len(top) == k and np.all(bound <= tol * np.abs(ritz[top]))):
-                converged = True
-                break
-        if last:
-            break
-        betas.append(beta)
-        q = w / beta
-    top = _by_magnitude(ritz)[:k]
-    vectors = None
-    if return_vectors:
-        m = len(alphas)
-        vectors = (torch.from_numpy(s_vecs[:, top].T.copy()).to(device) @ basis.view()[:m]).float()
-    return Eigs(values=ritz[top].astype(np.float64), n_products=n_products, converged=converged,
-                vectors=vectors)
-
-
-def power_iteration(op: MatVec, dim: int, k: int = 5, tol: float = 1e-3, max_iter: int = 100,
-                    seed: int = 0, device: torch.device | str = "cpu", return_vectors: bool = False) -> Eigs:
-    """The ``k`` eigenvalues of largest magnitude by power iteration with deflation.
-
-    Each eigenvalue in turn: iterate v ← H·v / ‖H·v‖ with v kept orthogonal to the eigenvectors
-    already found, until the Rayleigh quotient changes by less than ``tol`` relative to its
-    magnitude (PyHessian's criterion), or ``max_iter`` products. Kept to compare with
-    :func:`lanczos_eigs`, which needs far fewer products for the same values.
-    """
-    if not 1 <= k <= dim:
-        raise ValueError(f"k must be in [1, dim={dim}], got {k}")
-    device = torch.device(device)
-    gen = torch.Generator().manual_seed(seed)
-    found: list[torch.Tensor] = []
-    values: list[float] = []
-    n_products, converged = 0, True
-    for _ in range(k):
-        v = _random_unit(dim, gen, device)
-        value, ok = None, False
-        for _ in range(max_iter):
-            for u in found:
-                v = v - torch.dot(u, v) * u
-            v = v / v.norm()
-            hv = op(v.float()).double()
-            n_products += 1
-            for u in found:  # keep the product in the deflated subspace
-                hv = hv - torch.dot(u, hv) * u
-            new = torch.dot(v, hv).item()
-            norm = hv.norm()
-            if value is not None and abs(new - value) / (abs(value) + 1e-6) < tol:
-                value, ok = new, True
-                break
-            value = new
-            if norm == 0:
-                ok = True
-                break
-            v = hv / norm
-        found.append(v / v.norm())
-        values.append(value)
-        converged &= ok
-    vals = np.array(values)
-    order = _by_magnitude(vals)
-    vectors = torch.stack(found)[order.copy()].float() if return_vectors else None
-    return Eigs(values=vals[order], n_products=n_products, converged=converged, vectors=vectors)
-
 
 def top_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int = 5, method: str = "lanczos",
                     tol: float = 1e-3, max_iter: int = 100, l2: float = 0.0, seed: int = 0,
@@ -425,102 +240,3 @@ def batch_spectra(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
     return BatchSpectra(values=np.stack(values), losses=np.array(losses), n_products=np.array(products),
                         converged=np.array(converged), batch_size=len(batches[0][1]), k=k,
                         settings={"method": method, "tol": tol, "max_iter": max_iter, "l2": l2})
-
-
-# --------------------------------------------------------------------------------------------------
-# Trace and spectral density
-# --------------------------------------------------------------------------------------------------
-
-def _check_dim(dim: object) -> None:
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise ValueError(f"dim must be a positive integer (the number of parameters), got {dim!r}")
-
-
-@dataclass(frozen=True)
-class TraceEstimate:
-    """Hutchinson's estimate of tr(H): the mean of vᵀHv over Rademacher vectors v."""
-
-    mean: float
-    std_error: float
-    samples: np.ndarray
-
-
-def hutchinson_trace(op: MatVec, dim: int, n_samples: int = 20, seed: int = 0,
-                     device: torch.device | str = "cpu") -> TraceEstimate:
-    """Estimate tr(H) = E[vᵀHv] with ``n_samples`` Rademacher vectors (entries ±1)."""
-    _check_dim(dim)
-    if n_samples < 2:
-        raise ValueError(f"n_samples must be >= 2 for an error estimate, got {n_samples}")
-    gen = torch.Generator().manual_seed(seed)
-    samples = []
-    for _ in range(n_samples):
-        v = (torch.randint(0, 2, (dim,), generator=gen) * 2 - 1).to(device, torch.float32)
-        samples.append(torch.dot(v.double(), op(v).double()).item())
-    s = np.array(samples)
-    return TraceEstimate(mean=float(s.mean()), std_error=float(s.std(ddof=1) / math.sqrt(n_samples)),
-                         samples=s)
-
-
-@dataclass(frozen=True)
-class SpectralDensity:
-    """Stochastic Lanczos quadrature: per probe vector, Ritz values (nodes) and their weights.
-
-    The spectral density φ(λ) = (1/n) Σᵢ δ(λ − λᵢ) is approximated by
-    (1/n_v) Σ_v Σ_j weights[v, j] · δ(λ − nodes[v, j]); weights of each probe sum to 1.
-    """
-
-    nodes: np.ndarray
-    weights: np.ndarray
-
-    def density(self, grid: np.ndarray, sigma: float) -> np.ndarray:
-        """The density smoothed by a Gaussian of width ``sigma``, evaluated on ``grid`` (integrates to ~1)."""
-        g = np.asarray(grid, dtype=np.float64)[:, None, None]
-        kern = np.exp(-0.5 * ((g - self.nodes[None]) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
-        return (kern * self.weights[None]).sum(axis=2).mean(axis=1)
-
-    def moment(self, p: int) -> float:
-        """The estimate of tr(Hᵖ)/n (p = 1: mean eigenvalue)."""
-        return float((self.weights * self.nodes ** p).sum(axis=1).mean())
-
-
-def _lanczos_tridiagonal(op: MatVec, q: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """``steps`` Lanczos steps from unit vector ``q`` with full re-orthogonalisation: (alphas, betas)."""
-    dim = q.numel()
-    basis = _Basis(dim, q.device)
-    alphas, betas = [], []
-    for j in range(steps):
-        basis.append(q)
-        w = op(q.float()).double()
-        alphas.append(torch.dot(w, q).item())
-        w = basis.orthogonalise(w)
-        beta = w.norm().item()
-        if j + 1 == steps or beta < 1e-10 * max(1.0, max(abs(a) for a in alphas)):
-            break
-        betas.append(beta)
-        q = w / beta
-    return np.array(alphas), np.array(betas)
-
-
-def slq_density(op: MatVec, dim: int, n_vectors: int = 3, steps: int = 30, seed: int = 0,
-                device: torch.device | str = "cpu", progress: bool = False) -> SpectralDensity:
-    """Spectral density by stochastic Lanczos quadrature (Ubaru et al. 2017; PyHessian's ``density``).
-
-    For each of ``n_vectors`` random unit probes, ``steps`` Lanczos steps give a tridiagonal T;
-    its eigenvalues are the quadrature nodes and the squared first components of its eigenvectors
-    the weights. Probes that stop early (an invariant subspace) are padded with zero weights.
-    """
-    _check_dim(dim)
-    if n_vectors < 1 or steps < 1:
-        raise ValueError(f"n_vectors and steps must be >= 1, got {n_vectors} and {steps}")
-    steps = min(steps, dim)
-    gen = torch.Generator().manual_seed(seed)
-    nodes = np.zeros((n_vectors, steps))
-    weights = np.zeros((n_vectors, steps))
-    for i in tqdm(range(n_vectors), desc="SLQ probes", disable=not progress, file=sys.stderr):
-        q = _random_unit(dim, gen, torch.device(device))
-        a, b = _lanczos_tridiagonal(op, q, steps)
-        t = np.diag(a) + np.diag(b, 1) + np.diag(b, -1)
-        theta, s = np.linalg.eigh(t)
-        nodes[i, :len(theta)] = theta
-        weights[i, :len(theta)] = s[0] ** 2
-    return SpectralDensity(nodes=nodes, weights=weights)
