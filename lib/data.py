@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from . import datafiles
-from .datafiles import DataNotFoundError
+from .datafiles import DataNotFoundError  # noqa: F401 (raised by load; part of this API)
 
 __all__ = [
     "DATA_ROOT",

@@ -10,7 +10,7 @@ LIB = Path(__file__).resolve().parent.parent / "lib"
 #: Layer of every module: 1 data and models, 2 the residual units, 3 training and the zoo,
 #: 4 analyses (which never need training), 5 what the chapters use on top.
 LAYERS: dict[str, int] = {
-    "io": 1, "datafiles": 1, "krylov": 1, "data": 1, "models": 1, "metrics": 1,
+    "io": 1, "datafiles": 1, "krylov": 1, "data": 1, "directions": 1, "models": 1, "metrics": 1,
     "blocks": 2,
     "recipe": 3, "runstate": 3, "trajectory": 3, "train": 3, "catalog": 3, "runner": 3, "zoo": 3,
     "landscape": 4, "hessian": 4, "fourier": 4, "perturbations": 4, "features": 4, "alternet": 4, "summary": 4,
