@@ -10,6 +10,8 @@ released; this module is a complete, tested implementation.
 * :func:`top_eigenvalues` finds a batch's top-k eigenvalues by magnitude with the solvers of
   :mod:`lib.krylov` (Lanczos by default; deflated power iteration, as PyHessian does, for
   comparison), and :func:`batch_spectra` runs one on each of a series of augmented training batches.
+* :func:`batch_extremes` gives both ends of each batch's spectrum, λ_max and λ_min with error
+  bounds, so negative curvature is read from λ_min itself, not from a top-k that may hide it.
 * The solvers, Hutchinson's trace and the stochastic-Lanczos-quadrature density work on any
   operator and live in :mod:`lib.krylov`; they are importable from here too
   (``hessian.lanczos_eigs``, ``hessian.slq_density``, ...), as the chapters call them.
@@ -32,8 +34,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import data
-from .krylov import (CRITERIA, Eigs, MatVec, SpectralDensity, TraceEstimate, hutchinson_trace,  # noqa: F401
-                     lanczos_eigs, power_iteration, slq_density)
+from .krylov import (CRITERIA, Eigs, Extremes, MatVec, SpectralDensity, TraceEstimate,  # noqa: F401
+                     extreme_eigenvalues, hutchinson_trace, lanczos_eigs, power_iteration, slq_density)
 
 METHODS = ("lanczos", "power")
 
@@ -240,3 +242,63 @@ def batch_spectra(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
     return BatchSpectra(values=np.stack(values), losses=np.array(losses), n_products=np.array(products),
                         converged=np.array(converged), batch_size=len(batches[0][1]), k=k,
                         settings={"method": method, "tol": tol, "max_iter": max_iter, "l2": l2})
+
+
+# --------------------------------------------------------------------------------------------------
+# Both ends of each mini-batch's spectrum
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchExtremes:
+    """λ_max and λ_min of the loss Hessian of each of a series of mini-batches, with error bounds.
+
+    One entry per batch: the two ends from :func:`lib.krylov.extreme_eigenvalues`, their residual
+    bounds, the products each took and whether both ends converged; ``losses`` the batch losses.
+    """
+
+    lambda_max: np.ndarray
+    lambda_min: np.ndarray
+    bound_max: np.ndarray
+    bound_min: np.ndarray
+    losses: np.ndarray
+    n_products: np.ndarray
+    converged: np.ndarray
+    batch_size: int
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> np.ndarray:
+        """|λ_min| / λ_max per batch (0 where λ_min ≥ 0): negative curvature against the sharpest."""
+        return np.maximum(-self.lambda_min, 0.0) / self.lambda_max
+
+
+def batch_extremes(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], tol: float = 1e-3,
+                   min_steps: int = 20, stable_steps: int = 5, max_iter: int = 300, l2: float = 0.0,
+                   seed: int = 0, progress: bool = True, desc: str = "batches") -> BatchExtremes:
+    """Both ends of the Hessian spectrum of each batch (Park & Kim's loss: NLL + ``l2`` term).
+
+    Unlike :func:`batch_spectra`'s top-k by magnitude, this sees a negative eigenvalue however
+    large the positive ones are, and says how well each end is known. Same checks as
+    :func:`batch_spectra`, all before the first batch is processed.
+    """
+    if len(batches) == 0:
+        raise ValueError("batches is empty: give at least one (x, y) batch")
+    for b, (xb, yb) in enumerate(batches):
+        _check_batch(xb, yb, what=f"batch {b}")
+    _check_explicit_attention(model)
+    runs, losses = [], []
+    for b, (xb, yb) in enumerate(tqdm(batches, desc=desc, disable=not progress, file=sys.stderr,
+                                      dynamic_ncols=True)):
+        op = HessianOperator(model, xb, yb, l2=l2)
+        runs.append(extreme_eigenvalues(op, op.dim, tol=tol, min_steps=min_steps, stable_steps=stable_steps,
+                                        max_iter=max_iter, seed=seed + b, device=op.device))
+        losses.append(op.loss)
+        del op
+    field_of = lambda name: np.array([getattr(r, name) for r in runs])  # noqa: E731
+    return BatchExtremes(lambda_max=field_of("lambda_max"), lambda_min=field_of("lambda_min"),
+                         bound_max=field_of("bound_max"), bound_min=field_of("bound_min"),
+                         losses=np.array(losses), n_products=field_of("n_products"),
+                         converged=field_of("converged"), batch_size=len(batches[0][1]),
+                         settings={"tol": tol, "min_steps": min_steps, "stable_steps": stable_steps,
+                                   "max_iter": max_iter, "l2": l2})
+

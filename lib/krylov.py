@@ -6,7 +6,9 @@ An operator here is any function ``v -> H·v`` on flat float32 vectors of length
 
 * :func:`lanczos_eigs`: the ``k`` eigenvalues of largest magnitude by Lanczos with full
   re-orthogonalisation, stopping when every wanted Ritz pair has a relative residual below ``tol``.
-* :func:`power_iteration`: the same by deflated power iteration (as PyHessian does), kept for
+* :func:`extreme_eigenvalues`: λ_max and λ_min together, each with its error bound, from one
+  Lanczos run that stops only when both ends have converged and stopped moving.
+* :func:`power_iteration`: the top ``k`` by deflated power iteration (as PyHessian does), kept for
   comparison: it needs several times more products.
 * :func:`hutchinson_trace` and :func:`slq_density`: tr(H) and the spectral density by stochastic
   Lanczos quadrature.
@@ -164,6 +166,94 @@ def lanczos_eigs(op: MatVec, dim: int, k: int = 5, tol: float = 1e-3, max_iter: 
         vectors = (torch.from_numpy(s_vecs[:, top].T.copy()).to(device) @ basis.view()[:m]).float()
     return Eigs(values=ritz[top].astype(np.float64), n_products=n_products, converged=converged,
                 vectors=vectors)
+
+
+@dataclass(frozen=True)
+class Extremes:
+    """Both ends of a symmetric operator's spectrum, each with an error bound.
+
+    ``lambda_max`` and ``lambda_min`` are the largest and smallest Ritz values; each lies within
+    its ``bound_*`` (the residual norm ‖H·u − θ·u‖ of its Ritz vector) of an eigenvalue. By
+    interlacing, ``lambda_min >= λ_min`` and ``lambda_max <= λ_max`` always: the run can only
+    understate how far the spectrum reaches, never overstate it. ``converged`` says whether both
+    ends met the tolerance and stayed put (see :func:`extreme_eigenvalues`).
+    """
+
+    lambda_max: float
+    lambda_min: float
+    bound_max: float
+    bound_min: float
+    n_products: int
+    converged: bool
+
+    @property
+    def ratio(self) -> float:
+        """|λ_min| / λ_max: how strong the most negative curvature is next to the sharpest
+        positive one (0 when λ_min ≥ 0; NaN when λ_max ≤ 0)."""
+        if self.lambda_max <= 0:
+            return float("nan")
+        return max(-self.lambda_min, 0.0) / self.lambda_max
+
+
+def extreme_eigenvalues(op: MatVec, dim: int, tol: float = 1e-3, min_steps: int = 20, stable_steps: int = 5,
+                        max_iter: int = 300, seed: int = 0, device: torch.device | str = "cpu") -> Extremes:
+    """λ_max and λ_min of a symmetric operator, by one Lanczos run that watches both ends.
+
+    Top-k by magnitude (:func:`lanczos_eigs`) hides λ_min whenever k positive eigenvalues are
+    larger in magnitude, and a small residual certifies only the values found: a negative outlier
+    beside the bulk emerges late. So this run (full re-orthogonalisation, float64 basis) takes at
+    least ``min_steps`` products and stops only when, at both ends, (1) the residual bound is at
+    most ``tol·s`` and (2) the extreme Ritz value moved by at most ``tol·s`` over the last
+    ``stable_steps`` steps, where ``s = max(|θ_min|, |θ_max|)`` is the spectral scale. The scale,
+    not |θ_min| itself, sets the accuracy of λ_min: near zero a relative tolerance could never be
+    met, and an error small against the sharpest curvature is what matters for the ratio.
+    An invariant Krylov subspace ends the run with exact values.
+    """
+    _check_dim(dim)
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    for name, value in (("min_steps", min_steps), ("stable_steps", stable_steps), ("max_iter", max_iter)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    max_iter = min(max_iter, dim)
+    basis = _Basis(dim, device)
+    alphas: list[float] = []
+    betas: list[float] = []
+    lows: list[float] = []
+    highs: list[float] = []
+    q = _random_unit(dim, gen, device)
+    converged = False
+    for j in range(max_iter):
+        basis.append(q)
+        w = op(q.float()).double()
+        alphas.append(torch.dot(w, q).item())
+        w = basis.orthogonalise(w)
+        beta = w.norm().item()
+        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        ritz, s_vecs = np.linalg.eigh(t)
+        residual = np.abs(beta * s_vecs[-1, [0, -1]])
+        lows.append(float(ritz[0]))
+        highs.append(float(ritz[-1]))
+        scale = max(abs(ritz[0]), abs(ritz[-1]), 1e-300)
+        if beta < 1e-10 * max(1.0, scale):  # invariant subspace: the Ritz values are exact
+            residual[:] = 0.0
+            converged = True
+            break
+        steps = j + 1
+        if steps >= max(min_steps, stable_steps + 1):
+            window = slice(-stable_steps - 1, None)
+            moved = max(np.ptp(lows[window]), np.ptp(highs[window]))
+            if residual.max() <= tol * scale and moved <= tol * scale:
+                converged = True
+                break
+        if steps == max_iter:
+            break
+        betas.append(beta)
+        q = w / beta
+    return Extremes(lambda_max=highs[-1], lambda_min=lows[-1], bound_max=float(residual[1]),
+                    bound_min=float(residual[0]), n_products=len(alphas), converged=converged)
 
 
 def power_iteration(op: MatVec, dim: int, k: int = 5, tol: float = 1e-3, max_iter: int = 100,

@@ -1,0 +1,115 @@
+"""lib.krylov.extreme_eigenvalues against numpy.linalg.eigvalsh on constructed spectra and a dense Hessian."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lib import hessian, krylov
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class MatrixOp:
+    """H·v for an explicit symmetric matrix, counting products."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix, self.n_products = matrix.float(), 0
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        self.n_products += 1
+        return self.matrix @ v
+
+
+def matrix_with(eigenvalues, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=g, dtype=torch.float64))
+    return q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
+
+
+def hessian_like(n: int = 300, seed: int = 0) -> np.ndarray:
+    """A dominant positive eigenvalue, a few sharp ones, a bulk near 0 and one negative outlier."""
+    rng = np.random.default_rng(seed)
+    bulk = rng.uniform(-1.0, 2.0, n - 6)
+    return np.concatenate([[1000.0, 420.0, 300.0, 150.0, 60.0, -8.0], bulk])
+
+
+def test_both_ends_of_a_hessian_like_spectrum_within_their_bounds():
+    values = hessian_like()
+    matrix = matrix_with(values, seed=1)
+    truth = np.linalg.eigvalsh(matrix.numpy())
+    ext = krylov.extreme_eigenvalues(MatrixOp(matrix), len(values), tol=1e-4)
+    assert ext.converged
+    assert ext.lambda_max == pytest.approx(truth[-1], abs=max(ext.bound_max, 1e-3 * 1000))
+    assert ext.lambda_min == pytest.approx(truth[0], abs=max(ext.bound_min, 1e-3 * 1000))
+    assert abs(ext.lambda_min - truth[0]) <= 1e-4 * 1000 * 1.01  # the tolerance is relative to the scale
+    assert ext.lambda_min >= truth[0] - 1e-6 and ext.lambda_max <= truth[-1] + 1e-6  # interlacing
+    assert ext.ratio == pytest.approx(8.0 / 1000.0, rel=1e-2)
+    # Top-3 by magnitude never sees the negative outlier: the reason for this function.
+    top3 = krylov.lanczos_eigs(MatrixOp(matrix), len(values), k=3, tol=1e-4)
+    assert (top3.values > 0).all()
+
+
+def test_a_positive_definite_operator_has_ratio_zero_and_its_smallest_value():
+    values = np.linspace(0.5, 50.0, 60)
+    ext = krylov.extreme_eigenvalues(MatrixOp(matrix_with(values, seed=2)), 60, tol=1e-6)
+    assert ext.lambda_min == pytest.approx(0.5, abs=1e-3) and ext.lambda_max == pytest.approx(50.0, rel=1e-5)
+    assert ext.ratio == 0.0
+
+
+def test_a_tiny_operator_ends_on_an_invariant_subspace_with_exact_values():
+    ext = krylov.extreme_eigenvalues(MatrixOp(matrix_with([3.0, -2.0, 1.0], seed=3)), 3)
+    assert ext.converged and ext.n_products == 3
+    assert (ext.lambda_min, ext.lambda_max) == pytest.approx((-2.0, 3.0), abs=1e-5)
+    assert ext.bound_min == ext.bound_max == 0.0
+
+
+def test_the_minimum_number_of_steps_is_taken_and_the_run_is_seeded():
+    matrix = matrix_with(hessian_like(120, seed=4), seed=4)
+    a = krylov.extreme_eigenvalues(MatrixOp(matrix), 120, tol=1e-2, min_steps=40, seed=7)
+    b = krylov.extreme_eigenvalues(MatrixOp(matrix), 120, tol=1e-2, min_steps=40, seed=7)
+    assert a.n_products >= 40 and a == b
+
+
+def test_the_ends_of_a_small_networks_hessian_match_the_dense_one():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    x = torch.randn(24, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 3, (24,), generator=torch.Generator().manual_seed(2))
+    op = hessian.HessianOperator(model, x, y)
+    truth = np.linalg.eigvalsh(hessian.dense_hessian(op, op.dim).double().numpy())
+    assert truth[0] < 0 < truth[-1]  # this small net sits at a saddle: both ends matter
+    ext = krylov.extreme_eigenvalues(op, op.dim, tol=1e-5)
+    scale = max(abs(truth[0]), abs(truth[-1]))
+    assert ext.lambda_max == pytest.approx(truth[-1], abs=1e-3 * scale)
+    assert ext.lambda_min == pytest.approx(truth[0], abs=1e-3 * scale)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(tol=0.0), "tol must be > 0"),
+    (dict(min_steps=0), "min_steps must be a positive integer"),
+    (dict(stable_steps=1.5), "stable_steps must be a positive integer"),
+])
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        krylov.extreme_eigenvalues(MatrixOp(torch.eye(4)), 4, **kwargs)
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        krylov.extreme_eigenvalues(MatrixOp(torch.eye(4)), 0)
+
+
+def test_batch_extremes_match_each_batchs_dense_hessian():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(3)]
+    ext = hessian.batch_extremes(model, batches, tol=1e-5, l2=0.01, progress=False)
+    for b, (xb, yb) in enumerate(batches):
+        op = hessian.HessianOperator(model, xb, yb, l2=0.01)
+        truth = np.linalg.eigvalsh(hessian.dense_hessian(op, op.dim).double().numpy())
+        scale = max(abs(truth[0]), abs(truth[-1]))
+        assert ext.lambda_max[b] == pytest.approx(truth[-1], abs=1e-3 * scale)
+        assert ext.lambda_min[b] == pytest.approx(truth[0], abs=1e-3 * scale)
+        assert ext.losses[b] == pytest.approx(op.loss)
+    assert ext.converged.all() and ext.batch_size == 16
+    np.testing.assert_allclose(ext.ratio, np.maximum(-ext.lambda_min, 0) / ext.lambda_max)
+    with pytest.raises(ValueError, match="batches is empty"):
+        hessian.batch_extremes(model, [], progress=False)
