@@ -24,6 +24,7 @@ parameters take part. Vectors are flat, in ``model.parameters()`` order.
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 
@@ -78,14 +79,21 @@ class HessianOperator:
     whose ``fused_attn`` is on is refused with a ``ValueError`` before anything runs, rather than
     switched over silently (the two paths agree only up to float rounding).
 
+    ``temperature`` divides the logits first (``T > 1`` softens the model's predictions): the
+    Hessian of a model brought to a given NLL by temperature scaling, the matched-fit control of
+    sharpness (a less confident model has smaller curvature for that reason alone).
+
     Raises:
-        ValueError: ``l2 < 0``, an empty batch, ``x`` and ``y`` of different lengths, a model
-            without trainable parameters or with fused attention on.
+        ValueError: ``l2 < 0``, ``temperature <= 0``, an empty batch, ``x`` and ``y`` of different
+            lengths, a model without trainable parameters or with fused attention on.
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float = 0.0,
+                 temperature: float = 1.0) -> None:
         if l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {l2}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         _check_batch(x, y)
         _check_explicit_attention(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -98,7 +106,7 @@ class HessianOperator:
         self.dtype = self.params[0].dtype
         model.eval()
         with torch.enable_grad():
-            loss = F.cross_entropy(model(x.to(self.device)), y.to(self.device))
+            loss = F.cross_entropy(model(x.to(self.device)) / temperature, y.to(self.device))
             if l2 > 0:
                 loss = loss + 0.5 * l2 * sum((p * p).sum() for p in self.params)
             grads = torch.autograd.grad(loss, self.params, create_graph=True)
@@ -211,7 +219,8 @@ def spectrum_batches(x: torch.Tensor, y: torch.Tensor, n_batches: int, batch_siz
 
 def batch_spectra(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], k: int = 5,
                   method: str = "lanczos", tol: float = 1e-3, max_iter: int = 100, l2: float = 0.0,
-                  seed: int = 0, progress: bool = True, desc: str = "batches") -> BatchSpectra:
+                  seed: int = 0, progress: bool = True, desc: str = "batches",
+                  temperature: float = 1.0) -> BatchSpectra:
     """Top-``k`` Hessian eigenvalues (by magnitude) for each batch of ``batches``.
 
     Power iteration and Lanczos return the largest-*magnitude* eigenvalues, so a negative value
@@ -232,7 +241,7 @@ def batch_spectra(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
     values, losses, products, converged = [], [], [], []
     for b, (xb, yb) in enumerate(tqdm(batches, desc=desc, disable=not progress, file=sys.stderr,
                                       dynamic_ncols=True)):
-        op = HessianOperator(model, xb, yb, l2=l2)
+        op = HessianOperator(model, xb, yb, l2=l2, temperature=temperature)
         eigs = solver(op, op.dim, k=k, tol=tol, max_iter=max_iter, seed=seed + b, device=op.device)
         values.append(eigs.values)
         losses.append(op.loss)
@@ -241,7 +250,8 @@ def batch_spectra(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
         del op
     return BatchSpectra(values=np.stack(values), losses=np.array(losses), n_products=np.array(products),
                         converged=np.array(converged), batch_size=len(batches[0][1]), k=k,
-                        settings={"method": method, "tol": tol, "max_iter": max_iter, "l2": l2})
+                        settings={"method": method, "tol": tol, "max_iter": max_iter, "l2": l2,
+                                  "temperature": temperature})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,12 +284,14 @@ class BatchExtremes:
 
 def batch_extremes(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], tol: float = 1e-3,
                    min_steps: int = 20, stable_steps: int = 5, max_iter: int = 300, l2: float = 0.0,
-                   seed: int = 0, progress: bool = True, desc: str = "batches") -> BatchExtremes:
+                   seed: int = 0, progress: bool = True, desc: str = "batches",
+                   temperature: float = 1.0) -> BatchExtremes:
     """Both ends of the Hessian spectrum of each batch (Park & Kim's loss: NLL + ``l2`` term).
 
     Unlike :func:`batch_spectra`'s top-k by magnitude, this sees a negative eigenvalue however
     large the positive ones are, and says how well each end is known. Same checks as
-    :func:`batch_spectra`, all before the first batch is processed.
+    :func:`batch_spectra`, all before the first batch is processed; ``temperature`` as in
+    :class:`HessianOperator`.
     """
     if len(batches) == 0:
         raise ValueError("batches is empty: give at least one (x, y) batch")
@@ -289,7 +301,7 @@ def batch_extremes(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
     runs, losses = [], []
     for b, (xb, yb) in enumerate(tqdm(batches, desc=desc, disable=not progress, file=sys.stderr,
                                       dynamic_ncols=True)):
-        op = HessianOperator(model, xb, yb, l2=l2)
+        op = HessianOperator(model, xb, yb, l2=l2, temperature=temperature)
         runs.append(extreme_eigenvalues(op, op.dim, tol=tol, min_steps=min_steps, stable_steps=stable_steps,
                                         max_iter=max_iter, seed=seed + b, device=op.device))
         losses.append(op.loss)
@@ -300,5 +312,5 @@ def batch_extremes(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
                          losses=np.array(losses), n_products=field_of("n_products"),
                          converged=field_of("converged"), batch_size=len(batches[0][1]),
                          settings={"tol": tol, "min_steps": min_steps, "stable_steps": stable_steps,
-                                   "max_iter": max_iter, "l2": l2})
+                                   "max_iter": max_iter, "l2": l2, "temperature": temperature})
 

@@ -1,11 +1,19 @@
 """Accuracy and NLL of a model on a set of images: the one evaluation that training, the analyses
 and the chapters share (so a number measured in one place means the same everywhere).
+
+Also temperature scaling, the matched-fit control of sharpness: a model whose logits are divided
+by ``T > 1`` is less confident, and its loss curvature shrinks with its confidence. Bringing two
+models to the same NLL (:func:`temperature_for_nll`) before comparing their Hessians or landscapes
+separates "flatter" from "less well fitted".
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import optimize
 from torch import nn
 
 from . import data
@@ -42,3 +50,79 @@ def evaluate_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch
     model.train(was_training)
     correct = torch.cat(hits).double().numpy() if hits else np.zeros(0)
     return {"acc": 100.0 * int(correct.sum()) / len(y), "nll": nll / len(y), "correct": correct}
+
+
+# --------------------------------------------------------------------------------------------------
+# Temperature scaling
+# --------------------------------------------------------------------------------------------------
+
+_LOG_T_RANGE = (math.log(1e-2), math.log(1e3))  # temperatures searched, 0.01 to 1000
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 128,
+              device: str | torch.device = "cpu") -> torch.Tensor:
+    """The model's logits on ``x`` in eval mode, float32 on the CPU (the model's mode restored)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out = [model(xb.to(device)).float().cpu() for xb in x.split(batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def nll_at_temperature(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+    """Mean cross-entropy of ``logits / temperature`` (computed in float64)."""
+    _check_logits(logits, labels)
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return F.cross_entropy(logits.double() / temperature, labels).item()
+
+
+def best_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature that minimises the NLL (Guo et al.'s calibration), searched in [0.01, 1000].
+
+    The NLL is convex in 1/T (log-sum-exp is convex), so there is one minimum.
+    """
+    _check_logits(logits, labels)
+    result = optimize.minimize_scalar(lambda u: nll_at_temperature(logits, labels, math.exp(u)),
+                                      bounds=_LOG_T_RANGE, method="bounded", options={"xatol": 1e-8})
+    return float(math.exp(result.x))
+
+
+def temperature_for_nll(logits: torch.Tensor, labels: torch.Tensor, target_nll: float) -> float:
+    """The temperature ``T >= best_temperature`` at which the NLL equals ``target_nll``.
+
+    Above the best temperature the NLL rises monotonically towards ``log C`` (the uniform
+    prediction over ``C`` classes), so any target between the best NLL and ``log C`` is met by
+    exactly one softer temperature: the matched-fit control brings a better-fitted model down to
+    a worse-fitted one's NLL this way.
+
+    Raises:
+        ValueError: ``target_nll`` below the best NLL the temperature can reach, or not below
+            ``log C``.
+    """
+    _check_logits(logits, labels)
+    t_best = best_temperature(logits, labels)
+    best = nll_at_temperature(logits, labels, t_best)
+    ceiling = math.log(logits.shape[1])
+    if not best <= target_nll < ceiling:
+        raise ValueError(f"target_nll={target_nll!r} cannot be reached by a temperature: it must lie in "
+                         f"[{best:.4f}, {ceiling:.4f}) (this model's best NLL, log of {logits.shape[1]} classes)")
+    if target_nll == best:
+        return t_best
+
+    def gap(u: float) -> float:
+        return nll_at_temperature(logits, labels, math.exp(u)) - target_nll
+
+    high = math.log(t_best)
+    while gap(high) < 0:  # the NLL reaches log C only in the limit: widen until it passes the target
+        high += 1.0
+    return float(math.exp(optimize.brentq(gap, math.log(t_best), high, xtol=1e-12)))
+
+
+def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    if logits.ndim != 2 or labels.ndim != 1 or len(logits) != len(labels) or len(labels) == 0:
+        raise ValueError(f"need logits (N, C) and labels (N,) with N >= 1, got shapes "
+                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+

@@ -22,7 +22,8 @@ def tiny_batch(seed: int = 1, n: int = 16, d: int = 4, classes: int = 3):
     return torch.randn(n, d, generator=g), torch.randint(0, classes, (n,), generator=g)
 
 
-def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float = 0.0) -> torch.Tensor:
+def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float = 0.0,
+                  temperature: float = 1.0) -> torch.Tensor:
     """The dense Hessian of the same loss, by torch.autograd.functional.hessian on a flat vector."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
@@ -32,7 +33,7 @@ def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float 
 
     def loss(flat):
         params = {n: t.view(s) for n, t, s in zip(names, torch.split(flat, sizes), shapes)}
-        out = torch.nn.functional.cross_entropy(functional_call(model, params, (x.double(),)), y)
+        out = torch.nn.functional.cross_entropy(functional_call(model, params, (x.double(),)) / temperature, y)
         return out + 0.5 * l2 * (flat * flat).sum()
 
     return torch.autograd.functional.hessian(loss, flat0)
@@ -337,3 +338,16 @@ def test_both_criteria_meet_their_tolerance_here_and_the_estimate_needs_fewer_pr
         assert by_value.n_products <= by_residual.n_products
     with pytest.raises(ValueError, match="unknown criterion 'change'; choose one of eigenvalue, residual"):
         hessian.lanczos_eigs(SymmetricOp(spectrum_matrix(values)), 80, criterion="change")
+
+
+def test_a_temperature_divides_the_logits_before_the_loss():
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    op = hessian.HessianOperator(model, x, y, l2=0.1, temperature=2.5)
+    torch.testing.assert_close(hessian.dense_hessian(op, op.dim).double(), exact_hessian(model, x, y, 0.1, 2.5),
+                               rtol=1e-4, atol=1e-5)
+    softer = hessian.HessianOperator(model, x, y, temperature=2.5).loss
+    assert softer != pytest.approx(hessian.HessianOperator(model, x, y).loss)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            hessian.HessianOperator(model, x, y, temperature=bad)
+
