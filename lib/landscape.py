@@ -140,14 +140,15 @@ def _check_direction(direction: Sequence[torch.Tensor], params: list[tuple[str, 
                              f"the parameter {tuple(p.shape)}")
 
 
-def _forward_sums(model: nn.Module, chunks: list[tuple[torch.Tensor, torch.Tensor]]
+def _forward_sums(model: nn.Module, chunks: list[tuple[torch.Tensor, torch.Tensor]], temperature: float
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed NLL and number of correct predictions over the chunks, kept on the device."""
+    """Summed NLL (of the logits divided by ``temperature``) and number of correct predictions over
+    the chunks, kept on the device."""
     nll = torch.zeros((), device=chunks[0][0].device)
     correct = torch.zeros((), device=chunks[0][0].device)
     for xb, yb in chunks:
         logits = model(xb).float()
-        nll += F.cross_entropy(logits, yb, reduction="sum")
+        nll += F.cross_entropy(logits / temperature, yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
     return nll, correct
 
@@ -209,14 +210,15 @@ class _FlatWeights:
 
 
 def _sequential(model: nn.Module, params: list[nn.Parameter], dirs: list[list[torch.Tensor]],
-                chunks: list[tuple[torch.Tensor, torch.Tensor]], points: np.ndarray, bar: tqdm) -> torch.Tensor:
+                chunks: list[tuple[torch.Tensor, torch.Tensor]], points: np.ndarray, bar: tqdm,
+                temperature: float) -> torch.Tensor:
     """One point at a time: move the weights, forward, and put w₀ back exactly at the end."""
     flat = _FlatWeights(params, dirs)
     rows = []
     try:
         for point in points:
             flat.set(point.tolist())
-            nll, correct = _forward_sums(model, chunks)
+            nll, correct = _forward_sums(model, chunks, temperature)
             l2 = torch.stack(torch._foreach_norm(params)).float().sum()
             rows.append(torch.stack([nll, correct, l2]))
             bar.update(1)
@@ -227,7 +229,7 @@ def _sequential(model: nn.Module, params: list[nn.Parameter], dirs: list[list[to
 
 def _batched(model: nn.Module, names: list[str], params: list[nn.Parameter], dirs: list[list[torch.Tensor]],
              chunks: list[tuple[torch.Tensor, torch.Tensor]], points: np.ndarray, per_pass: int,
-             bar: tqdm) -> torch.Tensor:
+             bar: tqdm, temperature: float) -> torch.Tensor:
     """``per_pass`` points per forward with ``torch.func.vmap`` over stacked weights (model untouched).
 
     Every zoo model can be vmapped (BatchNorm in eval mode included); a model that cannot fails on
@@ -254,7 +256,8 @@ def _batched(model: nn.Module, names: list[str], params: list[nn.Parameter], dir
         try:
             for xb, yb in chunks:
                 logits = batched(stacked, xb).float()  # (b, batch, classes)
-                nll += F.cross_entropy(logits.flatten(0, 1), yb.repeat(b), reduction="none").view(b, -1).sum(1)
+                nll += F.cross_entropy(logits.flatten(0, 1) / temperature, yb.repeat(b),
+                                       reduction="none").view(b, -1).sum(1)
                 correct += (logits.argmax(-1) == yb).sum(1)
         except (RuntimeError, NotImplementedError) as err:
             if start > 0:
@@ -271,12 +274,15 @@ def _batched(model: nn.Module, names: list[str], params: list[nn.Parameter], dir
 
 def _evaluate_grid(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: list[Sequence[torch.Tensor]],
                    points: np.ndarray, batch_size: int, l2_coef: float, device: str | torch.device | None,
-                   progress: bool, points_per_pass: int, desc: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   progress: bool, points_per_pass: int, desc: str, temperature: float = 1.0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """NLL, accuracy (%) and weight term at ``w₀ + Σ_k points[j, k]·directions[k]`` for every row j."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(points_per_pass, int) or points_per_pass < 1:
         raise ValueError(f"points_per_pass must be a positive integer, got {points_per_pass!r}")
+    if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if len(x) != len(y) or len(y) == 0:
         raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
     named = trainable_parameters(model)
@@ -299,9 +305,9 @@ def _evaluate_grid(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction
         chunks = [(xb.to(target), yb.to(target)) for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
         with torch.no_grad():
             if points_per_pass > 1:
-                rows = _batched(model, names, params, dirs, chunks, points, points_per_pass, bar)
+                rows = _batched(model, names, params, dirs, chunks, points, points_per_pass, bar, temperature)
             else:
-                rows = _sequential(model, params, dirs, chunks, points, bar)
+                rows = _sequential(model, params, dirs, chunks, points, bar, temperature)
         rows = rows.double().cpu().numpy()  # the one synchronisation with the device
     finally:
         bar.close()
@@ -333,25 +339,28 @@ _SURFACE_ARGS = """
             touched). This pays on a GPU, which these small models cannot fill one point at a time;
             memory grows with ``points_per_pass · batch_size``. On a CPU, 1 is as fast. A model
             that ``vmap`` cannot run raises a ``RuntimeError`` on the first pass.
+        temperature: divide the logits by it before the NLL (accuracy is unchanged): the landscape
+            of a model brought to a given NLL by temperature scaling (the matched-fit control;
+            see :func:`lib.metrics.temperature_for_nll`).
 """
 
 
 def surface_1d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: Sequence[torch.Tensor],
                coords: Iterable[float], *, batch_size: int = 256, l2_coef: float = 0.05,
                device: str | torch.device | None = None, progress: bool = True,
-               points_per_pass: int = 1) -> Surface:
+               points_per_pass: int = 1, temperature: float = 1.0) -> Surface:
     """The loss along one direction, ``L(w₀ + x·d)`` for ``x`` in ``coords`` (``ys`` is ``None``).
     """
     xs = _coords(coords, "coords")
     nll, acc, l2 = _evaluate_grid(model, x, y, [direction], xs[:, None], batch_size, l2_coef, device,
-                                  progress, points_per_pass, "landscape 1-D")
+                                  progress, points_per_pass, "landscape 1-D", temperature)
     return Surface(xs=xs, ys=None, nll=nll, acc=acc, l2=l2, l2_coef=float(l2_coef), n_images=len(y))
 
 
 def surface_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: Sequence[Sequence[torch.Tensor]],
                xs: Iterable[float], ys: Iterable[float], *, batch_size: int = 256, l2_coef: float = 0.05,
                device: str | torch.device | None = None, progress: bool = True,
-               points_per_pass: int = 1) -> Surface:
+               points_per_pass: int = 1, temperature: float = 1.0) -> Surface:
     """The loss on a plane, ``L(w₀ + x·d₁ + y·d₂)`` for ``x`` in ``xs`` and ``y`` in ``ys``.
 
     ``directions`` is the pair ``(d₁, d₂)``, e.g. ``random_directions(model, n=2)``. Arrays of
@@ -363,7 +372,7 @@ def surface_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: S
     grid_x, grid_y = np.meshgrid(gx, gy)
     points = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
     nll, acc, l2 = _evaluate_grid(model, x, y, list(directions), points, batch_size, l2_coef, device,
-                                  progress, points_per_pass, "landscape 2-D")
+                                  progress, points_per_pass, "landscape 2-D", temperature)
     shape = (len(gy), len(gx))
     return Surface(xs=gx, ys=gy, nll=nll.reshape(shape), acc=acc.reshape(shape), l2=l2.reshape(shape),
                    l2_coef=float(l2_coef), n_images=len(y))

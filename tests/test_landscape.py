@@ -198,6 +198,25 @@ def test_line_towards_zero_weights_is_exact():
     assert s.nll[2] == pytest.approx(F.cross_entropy(2 * logits, y).item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("points_per_pass", [1, 3])
+def test_a_temperature_divides_the_logits_at_every_point(points_per_pass):
+    """Along d = w₀ the logits are (1 + x)·z; with temperature T the NLL is that of (1 + x)·z / T."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 4, bias=False)).eval()
+    x, y = tiny_data(12)
+    w0 = model[1].weight.detach().clone()
+    coords = [-0.5, 0.0, 1.0]
+    s = landscape.surface_1d(model, x, y, [w0], coords, temperature=2.5, progress=False,
+                             points_per_pass=points_per_pass)
+    plain = landscape.surface_1d(model, x, y, [w0], coords, progress=False)
+    logits = x.flatten(1) @ w0.T
+    for i, c in enumerate(coords):
+        assert s.nll[i] == pytest.approx(F.cross_entropy((1 + c) * logits / 2.5, y).item(), rel=1e-5)
+    np.testing.assert_array_equal(s.acc, plain.acc)  # the temperature changes no prediction
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        landscape.surface_1d(model, x, y, [w0], coords, temperature=0.0, progress=False)
+
+
 def test_centre_equals_a_plain_evaluation_in_eval_mode():
     model = tiny_net().train()  # eval mode is the surface's business: running statistics are used
     x, y = tiny_data(10)
