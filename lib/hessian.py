@@ -10,6 +10,7 @@ released; this module is a complete, tested implementation.
 * :func:`top_eigenvalues` finds a batch's top-k eigenvalues by magnitude with the solvers of
   :mod:`lib.krylov` (Lanczos by default; deflated power iteration, as PyHessian does, for
   comparison), and :func:`batch_spectra` runs one on each of a series of augmented training batches.
+* :func:`directional_curvature`: dᵀHd, the exact local curvature along a landscape's direction.
 * :func:`batch_extremes` gives both ends of each batch's spectrum, λ_max and λ_min with error
   bounds, so negative curvature is read from λ_min itself, not from a top-k that may hide it.
 * The solvers, Hutchinson's trace and the stochastic-Lanczos-quadrature density work on any
@@ -27,6 +28,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -133,6 +135,33 @@ def dense_hessian(op: MatVec, dim: int, device: torch.device | str = "cpu") -> t
     """The full dim×dim Hessian, one product per column (only for tiny models: tests, teaching)."""
     eye = torch.eye(dim, device=device)
     return torch.stack([op(eye[i]) for i in range(dim)], dim=1)
+
+
+def directional_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: Sequence[torch.Tensor],
+                          batch_size: int = 256, temperature: float = 1.0) -> float:
+    """dᵀHd / ``N``-weighted over chunks: the exact second derivative of the mean NLL at the current
+    weights along ``direction`` (one tensor per trainable parameter, e.g. from
+    :func:`lib.directions.random_directions`), on the images ``x`` in eval mode.
+
+    The curvature a loss-landscape plot suggests, without a grid: a quadratic fitted to grid
+    points is not local once the grid step is as large as the distance over which a model's
+    accuracy collapses; this is. One Hessian-vector product per chunk of ``batch_size`` images;
+    ``temperature`` as in :class:`HessianOperator` (no weight term). The weights are not changed.
+    """
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if len(direction) != len(params) or any(t.shape != p.shape for t, p in zip(direction, params)):
+        raise ValueError(f"direction must hold one tensor per trainable parameter, shaped like it "
+                         f"({len(params)} tensors); got {len(direction)}")
+    flat = torch.cat([t.detach().reshape(-1) for t in direction])
+    total = 0.0
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        op = HessianOperator(model, xb, yb, temperature=temperature)
+        v = flat.to(op.device, op.dtype)
+        total += len(yb) * torch.dot(v.double(), op(v).double()).item()
+        del op
+    return total / len(y)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ the final weights w*: r_t = ‖w_t − w*‖ / ‖w₀ − w*‖ and θ_t = angl
   class-balanced training subset, augmented once.
 * :func:`surface_1d` and :func:`surface_2d` evaluate NLL, accuracy and the weight term
   ``0.05·Σ‖p‖`` on a grid and return a :class:`Surface`; :func:`sharpness` reduces a surface to a
-  few numbers (rise at the ends, curvature at the centre); :func:`directional_curvature` gives the
-  exact local curvature dᵀHd along a direction, with no grid.
+  few numbers (rise at the ends, curvature at the centre); :func:`lib.hessian.directional_curvature`
+  gives the exact local curvature dᵀHd along a direction, with no grid.
 
 Conventions, stated once: the loss is the mean cross-entropy (no label smoothing) over the fixed
 images; the model is in eval mode, so BatchNorm uses its running statistics (the surface is a
@@ -381,50 +381,6 @@ def surface_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: S
 
 surface_1d.__doc__ += _SURFACE_ARGS
 surface_2d.__doc__ += _SURFACE_ARGS
-
-
-def directional_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: Sequence[torch.Tensor],
-                          *, batch_size: int = 256, temperature: float = 1.0,
-                          device: str | torch.device | None = None) -> float:
-    """dᵀHd: the exact second derivative of the mean NLL at w₀ along ``direction``.
-
-    The curvature a landscape plot suggests, without a grid: ``d²/dα² NLL(w₀ + α·d)`` at ``α = 0``,
-    as ``dᵀ·∇(∇NLL·d)`` by double backward, on the fixed images ``x`` in eval mode (as the surfaces
-    are), the logits divided by ``temperature``. A quadratic fitted to grid points is not local
-    once the grid step is as large as the distance over which a model's accuracy collapses; this
-    is. The weights are not changed. (Nested forward-mode differentiation through
-    ``torch.func.functional_call`` disagreed with Hessian-vector products and with finite
-    differences on the transformers of the zoo, so double backward is used, as in the Hessian code.)
-    """
-    if len(x) != len(y) or len(y) == 0:
-        raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
-    if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    named = trainable_parameters(model)
-    if not named:
-        raise ValueError("the model has no trainable parameters")
-    _check_direction(direction, named, "direction")
-    home = named[0][1].device
-    target = home if device is None else torch.device(device)
-    was_training = model.training
-    total = 0.0
-    try:
-        model.to(target).eval()
-        params = [p for _, p in named]
-        d = [t.detach().to(target, p.dtype) for p, t in zip(params, direction)]
-        with torch.enable_grad():
-            for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-                logits = model(xb.to(target)).float()
-                nll = F.cross_entropy(logits / temperature, yb.to(target), reduction="sum")
-                grads = torch.autograd.grad(nll, params, create_graph=True)
-                slope = sum((g * t).sum() for g, t in zip(grads, d))
-                hd = torch.autograd.grad(slope, params)
-                total += sum((h.double() * t.double()).sum() for h, t in zip(hd, d)).item()
-    finally:
-        model.train(was_training)
-        if device is not None:
-            model.to(home)
-    return total / len(y)
 
 
 # --------------------------------------------------------------------------------------------------

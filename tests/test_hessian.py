@@ -6,10 +6,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lib import hessian, models
+from lib import hessian, landscape, models
 
 
 def tiny_mlp(seed: int = 0) -> nn.Module:
@@ -351,3 +352,44 @@ def test_a_temperature_divides_the_logits_before_the_loss():
         with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
             hessian.HessianOperator(model, x, y, temperature=bad)
 
+
+def test_directional_curvature_of_a_linear_classifier_in_closed_form():
+    """For z = X Wᵀ and W moving along D: d²NLL = mean_i dz_iᵀ (diag(p_i) − p_i p_iᵀ) dz_i / T²."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 5)).eval()
+    x = torch.rand(40, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 5, (40,), generator=torch.Generator().manual_seed(2))
+    d = landscape.random_directions(model, n=1, seed=3)[0]
+    X = x.flatten(1).double()
+    W, b = (p.detach().double() for p in model[1].parameters())
+    for temperature in (1.0, 2.0):
+        p = torch.softmax((X @ W.T + b) / temperature, dim=1)
+        dz = X @ d[0].double().T / temperature
+        expected = ((dz * p * dz).sum(1) - (dz * p).sum(1) ** 2).mean().item()
+        got = hessian.directional_curvature(model, x, y, d, batch_size=16, temperature=temperature)
+        assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_directional_curvature_equals_differences_of_the_slope_in_float64(name):
+    torch.manual_seed(0)
+    model = models.build(name, img_size=8).eval().double()
+    x, y = torch.rand(6, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 7, 9, 1, 2])
+    d = landscape.random_directions(model, n=1, seed=1)[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def slope_at(alpha: float) -> float:
+        """∇NLL(w₀ + α·d)·d by one first-order backward (no double backward involved)."""
+        with torch.no_grad():
+            for p, t in zip(params, d):
+                p.add_(alpha * t)
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        with torch.no_grad():
+            for p, t in zip(params, d):
+                p.sub_(alpha * t)
+        return sum((g * t).sum() for g, t in zip(grads, d)).item()
+
+    h = 1e-6  # small enough that no ReLU of the ResNet switches on or off between the two points
+    expected = (slope_at(h) - slope_at(-h)) / (2 * h)
+    got = hessian.directional_curvature(model, x, y, d, batch_size=4)
+    assert got == pytest.approx(expected, rel=1e-3, abs=1e-5)

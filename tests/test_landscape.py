@@ -14,7 +14,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-from lib import data, hessian, landscape, metrics, models  # noqa: E402
+from lib import data, landscape, metrics, models  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -215,36 +215,6 @@ def test_a_temperature_divides_the_logits_at_every_point(points_per_pass):
     np.testing.assert_array_equal(s.acc, plain.acc)  # the temperature changes no prediction
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         landscape.surface_1d(model, x, y, [w0], coords, temperature=0.0, progress=False)
-
-
-def test_directional_curvature_of_a_linear_classifier_in_closed_form():
-    """For z = X Wᵀ and W moving along D: d²NLL = mean_i dz_iᵀ (diag(p_i) − p_i p_iᵀ) dz_i / T²."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 5)).eval()
-    x, _ = tiny_data(40)
-    y = torch.randint(0, 5, (40,), generator=torch.Generator().manual_seed(2))
-    d = landscape.random_directions(model, n=1, seed=3)[0]
-    X = x.flatten(1).double()
-    W, b = (p.detach().double() for p in model[1].parameters())
-    for temperature in (1.0, 2.0):
-        p = torch.softmax((X @ W.T + b) / temperature, dim=1)
-        dz = X @ d[0].double().T / temperature
-        expected = ((dz * p * dz).sum(1) - (dz * p).sum(1) ** 2).mean().item()
-        got = landscape.directional_curvature(model, x, y, d, batch_size=16, temperature=temperature)
-        assert got == pytest.approx(expected, rel=1e-5)
-
-
-@pytest.mark.parametrize("name", models.MODELS)
-def test_directional_curvature_equals_the_hessians_dthd(name):
-    torch.manual_seed(0)
-    model = models.build(name, img_size=8).eval()
-    x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 3, 7, 9, 1, 2])
-    d = landscape.random_directions(model, n=1, seed=1)[0]
-    flat = torch.cat([t.reshape(-1) for t in d])
-    op = hessian.HessianOperator(model, x, y)
-    expected = torch.dot(flat.double(), op(flat).double()).item()
-    got = landscape.directional_curvature(model, x, y, d, batch_size=4)
-    assert got == pytest.approx(expected, rel=1e-3, abs=1e-6)
 
 
 def test_centre_equals_a_plain_evaluation_in_eval_mode():
