@@ -188,27 +188,26 @@ def glue_claims(claims: Iterable[Claim], glue: GlueFn | None = None) -> dict[str
 
 
 def glue_number(name: str, value: float, digits: int, glue: GlueFn | None = None, unit: str = "",
-                *, signed: bool = True) -> str:
+                *, signed: bool = True) -> None:
     """Glue one number for the prose, written as :meth:`Estimate.format` writes values.
 
     ``+1.32`` (or ``−0.40``) with ``digits`` decimals, then `` unit`` if given; ``signed=False``
-    drops the plus for quantities that are not differences. Returns the glued string.
+    drops the plus for quantities that are not differences. Returns nothing, so a cell that ends
+    with a glue shows no stray output (a trailing ``;`` does not silence it under nbval).
     """
     _check_key(name, "name")
     text = format_number(value, digits, signed=signed)
     text = f"{text} {unit}" if unit else text
     _glue_fn(glue)(name, text, display=False)
-    return text
 
 
-def glue_text(name: str, text: str, glue: GlueFn | None = None) -> str:
+def glue_text(name: str, text: str, glue: GlueFn | None = None) -> None:
     """Glue a short computed text for the prose, e.g. a range "82–87°" or a list of bands.
 
     For quantities that are not one number: build ``text`` from computed values (never type the
-    numbers) and paste it with ``{glue:text}``. Returns ``text``.
+    numbers) and paste it with ``{glue:text}``. Returns nothing, as :func:`glue_number`.
     """
     _check_key(name, "name")
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text glued as {name!r} must be a non-empty string, got {text!r}")
     _glue_fn(glue)(name, text, display=False)
-    return text

@@ -83,8 +83,8 @@ def test_glue_claims_glues_strings_under_the_expected_names():
 def test_glue_number_formats_like_estimates():
     recorded = {}
     put = lambda name, value, display: recorded.update({name: (value, display)})  # noqa: E731
-    assert claims.glue_number("gap", -0.456, 2, glue=put, unit="points") == "\u22120.46 points"
-    assert claims.glue_number("acc", 91.25, 1, glue=put, signed=False) == "91.2"
+    assert claims.glue_number("gap", -0.456, 2, glue=put, unit="points") is None  # no stray cell output
+    claims.glue_number("acc", 91.25, 1, glue=put, signed=False)
     assert recorded == {"gap": ("\u22120.46 points", False), "acc": ("91.2", False)}
     with pytest.raises(ValueError, match="name must use only"):
         claims.glue_number("Gap", 1.0, 2, glue=put)
@@ -93,7 +93,7 @@ def test_glue_number_formats_like_estimates():
 def test_glue_text_glues_the_string_and_refuses_empty_text():
     recorded = {}
     put = lambda name, value, display: recorded.update({name: (value, display)})  # noqa: E731
-    assert claims.glue_text("theta_range", "82\u201387\u00b0", glue=put) == "82\u201387\u00b0"
+    assert claims.glue_text("theta_range", "82\u201387\u00b0", glue=put) is None
     assert recorded == {"theta_range": ("82\u201387\u00b0", False)}
     with pytest.raises(ValueError, match="non-empty string"):
         claims.glue_text("empty", "  ", glue=put)

@@ -62,6 +62,16 @@ def test_conventions(path):
     assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code), "no `parameters` cell"
 
 
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_no_cell_relies_on_a_semicolon_to_hide_its_value(path):
+    """Under nbval a trailing ";" does not silence a cell's last value (it does in Jupyter), so a
+    cell relying on it stores no output but shows one when re-executed by the tests."""
+    nb = json.loads(path.read_text())
+    bad = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+           and "".join(c["source"]).rstrip().endswith(";")]
+    assert not bad, f"{path.name}: cells {bad} end with ';'; end them with a statement instead"
+
+
 def test_colab_requirements_are_pinned_like_the_main_ones():
     main = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split()
                 if "==" in line)
