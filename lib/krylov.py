@@ -82,6 +82,37 @@ class _Basis:
         return w
 
 
+class _Lanczos:
+    """The Lanczos recurrence with full re-orthogonalisation, one operator product per step.
+
+    :meth:`step` multiplies the current basis vector, records α, orthogonalises the result against
+    the whole basis and returns β, its norm; :meth:`advance` (unless the run stops there) records β
+    and makes the normalised result the next basis vector. :meth:`tridiagonal` is the matrix T
+    whose eigenvalues are the Ritz values.
+    """
+
+    def __init__(self, op: MatVec, q: torch.Tensor) -> None:
+        self.op, self.q = op, q
+        self.basis = _Basis(q.numel(), q.device)
+        self.alphas: list[float] = []
+        self.betas: list[float] = []
+        self._w = q
+
+    def step(self) -> float:
+        self.basis.append(self.q)
+        w = self.op(self.q.float()).double()
+        self.alphas.append(torch.dot(w, self.q).item())
+        self._w = self.basis.orthogonalise(w)  # w ← (I − Q Qᵀ) w
+        return self._w.norm().item()
+
+    def advance(self, beta: float) -> None:
+        self.betas.append(beta)
+        self.q = self._w / beta
+
+    def tridiagonal(self) -> np.ndarray:
+        return np.diag(self.alphas) + np.diag(self.betas, 1) + np.diag(self.betas, -1)
+
+
 def _by_magnitude(values: np.ndarray) -> np.ndarray:
     return np.argsort(-np.abs(values), kind="stable")
 
@@ -128,25 +159,16 @@ def lanczos_eigs(op: MatVec, dim: int, k: int = 5, tol: float = 1e-3, max_iter: 
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     max_iter = min(max_iter, dim)
-    basis = _Basis(dim, device)
-    alphas: list[float] = []
-    betas: list[float] = []
-    q = _random_unit(dim, gen, device)
+    lanczos = _Lanczos(op, _random_unit(dim, gen, device))
     n_products, converged = 0, False
     ritz, s_vecs = np.zeros(0), np.zeros((0, 0))
     for j in range(max_iter):
-        basis.append(q)
-        w = op(q.float()).double()
+        beta = lanczos.step()
         n_products += 1
-        alpha = torch.dot(w, q).item()
-        alphas.append(alpha)
-        w = basis.orthogonalise(w)  # w ← (I − Q Qᵀ) w
-        beta = w.norm().item()
         last = j + 1 == max_iter
-        invariant = beta < 1e-10 * max(1.0, max(abs(a) for a in alphas))
+        invariant = beta < 1e-10 * max(1.0, max(abs(a) for a in lanczos.alphas))
         if invariant or last or ((j + 1) >= k and (j + 1) % check_every == 0):
-            t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-            ritz, s_vecs = np.linalg.eigh(t)
+            ritz, s_vecs = np.linalg.eigh(lanczos.tridiagonal())
             top = _by_magnitude(ritz)[:k]
             residual = np.abs(beta * s_vecs[-1, top])
             bound = _error_bounds(ritz, residual, top, criterion)
@@ -157,13 +179,12 @@ def lanczos_eigs(op: MatVec, dim: int, k: int = 5, tol: float = 1e-3, max_iter: 
                 break
         if last:
             break
-        betas.append(beta)
-        q = w / beta
+        lanczos.advance(beta)
     top = _by_magnitude(ritz)[:k]
     vectors = None
     if return_vectors:
-        m = len(alphas)
-        vectors = (torch.from_numpy(s_vecs[:, top].T.copy()).to(device) @ basis.view()[:m]).float()
+        m = len(lanczos.alphas)
+        vectors = (torch.from_numpy(s_vecs[:, top].T.copy()).to(device) @ lanczos.basis.view()[:m]).float()
     return Eigs(values=ritz[top].astype(np.float64), n_products=n_products, converged=converged,
                 vectors=vectors)
 
@@ -218,21 +239,13 @@ def extreme_eigenvalues(op: MatVec, dim: int, tol: float = 1e-3, min_steps: int 
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     max_iter = min(max_iter, dim)
-    basis = _Basis(dim, device)
-    alphas: list[float] = []
-    betas: list[float] = []
+    lanczos = _Lanczos(op, _random_unit(dim, gen, device))
     lows: list[float] = []
     highs: list[float] = []
-    q = _random_unit(dim, gen, device)
     converged = False
     for j in range(max_iter):
-        basis.append(q)
-        w = op(q.float()).double()
-        alphas.append(torch.dot(w, q).item())
-        w = basis.orthogonalise(w)
-        beta = w.norm().item()
-        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        ritz, s_vecs = np.linalg.eigh(t)
+        beta = lanczos.step()
+        ritz, s_vecs = np.linalg.eigh(lanczos.tridiagonal())
         residual = np.abs(beta * s_vecs[-1, [0, -1]])
         lows.append(float(ritz[0]))
         highs.append(float(ritz[-1]))
@@ -250,10 +263,9 @@ def extreme_eigenvalues(op: MatVec, dim: int, tol: float = 1e-3, min_steps: int 
                 break
         if steps == max_iter:
             break
-        betas.append(beta)
-        q = w / beta
+        lanczos.advance(beta)
     return Extremes(lambda_max=highs[-1], lambda_min=lows[-1], bound_max=float(residual[1]),
-                    bound_min=float(residual[0]), n_products=len(alphas), converged=converged)
+                    bound_min=float(residual[0]), n_products=len(lanczos.alphas), converged=converged)
 
 
 def power_iteration(op: MatVec, dim: int, k: int = 5, tol: float = 1e-3, max_iter: int = 100,
@@ -360,20 +372,13 @@ class SpectralDensity:
 
 def _lanczos_tridiagonal(op: MatVec, q: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """``steps`` Lanczos steps from unit vector ``q`` with full re-orthogonalisation: (alphas, betas)."""
-    dim = q.numel()
-    basis = _Basis(dim, q.device)
-    alphas, betas = [], []
+    lanczos = _Lanczos(op, q)
     for j in range(steps):
-        basis.append(q)
-        w = op(q.float()).double()
-        alphas.append(torch.dot(w, q).item())
-        w = basis.orthogonalise(w)
-        beta = w.norm().item()
-        if j + 1 == steps or beta < 1e-10 * max(1.0, max(abs(a) for a in alphas)):
+        beta = lanczos.step()
+        if j + 1 == steps or beta < 1e-10 * max(1.0, max(abs(a) for a in lanczos.alphas)):
             break
-        betas.append(beta)
-        q = w / beta
-    return np.array(alphas), np.array(betas)
+        lanczos.advance(beta)
+    return np.array(lanczos.alphas), np.array(lanczos.betas)
 
 
 def slq_density(op: MatVec, dim: int, n_vectors: int = 3, steps: int = 30, seed: int = 0,
