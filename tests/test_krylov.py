@@ -5,25 +5,9 @@ import torch
 from torch import nn
 
 from lib import hessian, krylov
+from test_hessian import SymmetricOp as MatrixOp, spectrum_matrix as matrix_with  # shared test helpers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class MatrixOp:
-    """H·v for an explicit symmetric matrix, counting products."""
-
-    def __init__(self, matrix: torch.Tensor) -> None:
-        self.matrix, self.n_products = matrix.float(), 0
-
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        self.n_products += 1
-        return self.matrix @ v
-
-
-def matrix_with(eigenvalues, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=g, dtype=torch.float64))
-    return q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
 
 
 def hessian_like(n: int = 300, seed: int = 0) -> np.ndarray:
