@@ -293,6 +293,8 @@ class BatchExtremes:
 
     One entry per batch: the two ends from :func:`lib.krylov.extreme_eigenvalues`, their residual
     bounds, the products each took and whether both ends converged; ``losses`` the batch losses.
+    ``top`` (batches × k) holds the ``k`` eigenvalues of largest magnitude from the same runs,
+    Park & Kim's top-k spectrum, with their residual bounds in ``bound_top``.
     """
 
     lambda_max: np.ndarray
@@ -304,6 +306,8 @@ class BatchExtremes:
     converged: np.ndarray
     batch_size: int
     settings: dict = field(default_factory=dict)
+    top: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    bound_top: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def ratio(self) -> np.ndarray:
@@ -314,13 +318,14 @@ class BatchExtremes:
 def batch_extremes(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], tol: float = 1e-3,
                    min_steps: int = 20, stable_steps: int = 5, max_iter: int = 300, l2: float = 0.0,
                    seed: int = 0, progress: bool = True, desc: str = "batches",
-                   temperature: float = 1.0) -> BatchExtremes:
+                   temperature: float = 1.0, k: int = 0) -> BatchExtremes:
     """Both ends of the Hessian spectrum of each batch (Park & Kim's loss: NLL + ``l2`` term).
 
     Unlike :func:`batch_spectra`'s top-k by magnitude, this sees a negative eigenvalue however
     large the positive ones are, and says how well each end is known. Same checks as
     :func:`batch_spectra`, all before the first batch is processed; ``temperature`` as in
-    :class:`HessianOperator`.
+    :class:`HessianOperator`. ``k > 0`` also returns each batch's top ``k`` by magnitude from the
+    same run (and waits until they too are converged), so a chapter needs one run per batch.
     """
     if len(batches) == 0:
         raise ValueError("batches is empty: give at least one (x, y) batch")
@@ -332,7 +337,7 @@ def batch_extremes(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
                                       dynamic_ncols=True)):
         op = HessianOperator(model, xb, yb, l2=l2, temperature=temperature)
         runs.append(extreme_eigenvalues(op, op.dim, tol=tol, min_steps=min_steps, stable_steps=stable_steps,
-                                        max_iter=max_iter, seed=seed + b, device=op.device))
+                                        max_iter=max_iter, seed=seed + b, device=op.device, k=k))
         losses.append(op.loss)
         del op
     field_of = lambda name: np.array([getattr(r, name) for r in runs])  # noqa: E731
@@ -341,5 +346,14 @@ def batch_extremes(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
                          losses=np.array(losses), n_products=field_of("n_products"),
                          converged=field_of("converged"), batch_size=len(batches[0][1]),
                          settings={"tol": tol, "min_steps": min_steps, "stable_steps": stable_steps,
-                                   "max_iter": max_iter, "l2": l2, "temperature": temperature})
+                                   "max_iter": max_iter, "l2": l2, "temperature": temperature, "k": k},
+                         top=_padded([r.top for r in runs], k), bound_top=_padded([r.bound_top for r in runs], k))
+
+
+def _padded(rows: list[np.ndarray], k: int) -> np.ndarray:
+    """Rows of up to ``k`` values as a batches × k array, NaN where a run found fewer (tiny models)."""
+    out = np.full((len(rows), k), np.nan)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
 
