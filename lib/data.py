@@ -331,3 +331,23 @@ def seeded_sample(x: Tensor, y: Tensor, n: int, seed: int = 0) -> tuple[Tensor, 
         raise ValueError(f"n must be an integer in [1, {len(x)}], got {n!r}")
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
     return x[order], y[order]
+
+
+def held_out_training(name: str = "fashion-mnist", n: int = 2000, seed: int = 0, subset: float = 0.1,
+                      subset_seed: int = 0, root: str | os.PathLike | None = None) -> tuple[Tensor, Tensor]:
+    """``n`` seeded training images from *outside* the class-balanced ``subset`` (as :func:`load`
+    draws it with ``subset_seed``), unaugmented.
+
+    The zoo's small-data models train on that subset and the Hessian chapters draw their probe
+    mini-batches from it, so these images are held out from both: the place to fit a calibration
+    (e.g. a temperature) without touching what is measured. A seeded random sample
+    (:func:`seeded_sample` of the complement), so sizes drawn with one seed are nested.
+
+    Raises:
+        ValueError: ``n`` is not an integer in [1, the size of the complement].
+    """
+    x, y = load(name, train=True, seed=subset_seed, root=root)
+    inside = torch.zeros(len(y), dtype=torch.bool)
+    inside[balanced_subset_indices(y, subset, subset_seed)] = True
+    outside = torch.nonzero(~inside).squeeze(1)
+    return seeded_sample(x[outside], y[outside], n, seed=seed)

@@ -246,6 +246,23 @@ def spectrum_batches(x: torch.Tensor, y: torch.Tensor, n_batches: int, batch_siz
     return batches
 
 
+PROBE_SUBSET = 0.1  # the class-balanced training subset (seed 0) the Hessian probes are drawn from
+
+
+def probe_batches(n_batches: int, batch_size: int, seed: int = 0, dataset: str = "fashion-mnist",
+                  root: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The book's Hessian probes: :func:`spectrum_batches` drawn from the class-balanced 10%
+    training subset (seed 0), the same for every chapter.
+
+    Every zoo model trained on these images (the 10%-data models on exactly this subset, the
+    full-data models on a superset of it), so each probe is a batch of the model's own training
+    loss, and chapters 3 and 6 probe identical batches: with one seed, the first ``n`` of a longer
+    series are the ``n`` of a shorter one, so the same checkpoint gives the same values in both.
+    """
+    x, y = data.load(dataset, train=True, subset=PROBE_SUBSET, seed=0, root=root)
+    return spectrum_batches(x, y, n_batches=n_batches, batch_size=batch_size, seed=seed)
+
+
 def batch_spectra(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], k: int = 5,
                   method: str = "lanczos", tol: float = 1e-3, max_iter: int = 100, l2: float = 0.0,
                   seed: int = 0, progress: bool = True, desc: str = "batches",

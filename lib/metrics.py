@@ -9,6 +9,7 @@ separates "flatter" from "less well fitted".
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -119,6 +120,24 @@ def temperature_for_nll(logits: torch.Tensor, labels: torch.Tensor, target_nll: 
     while gap(high) < 0:  # the NLL reaches log C only in the limit: widen until it passes the target
         high += 1.0
     return float(math.exp(optimize.brentq(gap, math.log(t_best), high, xtol=1e-12)))
+
+
+def matched_temperatures(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
+    """One temperature per model that brings every model's NLL on these images to the same value:
+    the highest NLL among the models at ``T = 1``.
+
+    The matched-fit control of sharpness: a model that fits less has smaller logits, hence smaller
+    curvature, for that reason alone, so sharpness is compared again with every model softened to
+    the least-fitted model's NLL. That model keeps ``T = 1``; the others get the unique softer
+    temperature of :func:`temperature_for_nll`. Fit it on held-out images
+    (:func:`lib.data.held_out_training`), not on the images whose loss is then measured.
+    """
+    if not logits:
+        raise ValueError("logits is empty: give one (N, C) tensor of logits per model")
+    nll = {name: nll_at_temperature(values, labels, 1.0) for name, values in logits.items()}
+    target = max(nll.values())
+    return {name: 1.0 if nll[name] == target else temperature_for_nll(values, labels, target)
+            for name, values in logits.items()}
 
 
 def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:

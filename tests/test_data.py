@@ -500,3 +500,22 @@ def test_seeded_sample_is_a_fixed_nested_random_sample():
         data.seeded_sample(x, y, 0)
     with pytest.raises(ValueError, match="differ in length"):
         data.seeded_sample(x, y[:5], 3)
+
+
+def test_held_out_training_images_lie_outside_the_subset_and_are_nested():
+    x, y = data.load("synthetic", train=True)
+    inside = data.load("synthetic", train=True, subset=0.1)[0].flatten(1)
+    held, labels = data.held_out_training("synthetic", n=50, seed=3)
+    assert held.shape[1:] == x.shape[1:] and len(labels) == 50
+    # no held-out image is one of the subset's (images of the synthetic set are distinct)
+    def same(a, b):  # exact equality of images, pair by pair
+        return torch.cdist(a.flatten(1), b.flatten(1), compute_mode="donot_use_mm_for_euclid_dist") == 0
+    assert not same(held, inside.view(-1, *x.shape[1:])).any()
+    # and every one is a training image with its own label
+    hits = same(held, x)
+    assert hits.any(1).all()
+    assert torch.equal(y[hits.float().argmax(1)], labels)
+    fewer, _ = data.held_out_training("synthetic", n=20, seed=3)
+    assert torch.equal(fewer, held[:20])
+    with pytest.raises(ValueError, match="n must be an integer in"):
+        data.held_out_training("synthetic", n=10**9)

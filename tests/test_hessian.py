@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lib import hessian, landscape, models
+from lib import data, hessian, landscape, models
 
 
 def tiny_mlp(seed: int = 0) -> nn.Module:
@@ -207,6 +207,26 @@ def test_batch_spectra_match_the_dense_hessian_of_each_batch():
         np.testing.assert_allclose(spectra.values[b], exact, rtol=1e-4)
     with pytest.raises(ValueError, match="only 40 given"):
         hessian.spectrum_batches(x, y, n_batches=6, batch_size=8)
+
+
+def test_probe_batches_come_from_the_small_data_subset_and_shorter_series_are_prefixes(monkeypatch):
+    calls = []
+    real_load = data.load
+
+    def load(name, **kwargs):  # the probes read the 10% subset (seed 0) of whatever set is named
+        calls.append((name, kwargs.get("subset"), kwargs.get("seed")))
+        return real_load("synthetic", **{k: v for k, v in kwargs.items() if k != "root"})
+
+    monkeypatch.setattr(hessian.data, "load", load)
+    long = hessian.probe_batches(5, 8, seed=2)
+    short = hessian.probe_batches(3, 8, seed=2)
+    assert calls == [("fashion-mnist", 0.1, 0)] * 2
+    for (xa, ya), (xb, yb) in zip(short, long):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # exactly spectrum_batches of that subset, with the same seed
+    xs, ys = real_load("synthetic", train=True, subset=0.1)
+    for (xa, ya), (xb, yb) in zip(long, hessian.spectrum_batches(xs, ys, n_batches=5, batch_size=8, seed=2)):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
 def test_batch_spectra_summary_by_hand():

@@ -74,3 +74,15 @@ def test_logits_of_matches_the_model_and_restores_its_mode():
     net.train()
     metrics.logits_of(net, x)
     assert net.training
+
+
+def test_matched_temperatures_bring_every_model_to_the_least_fitted_models_nll():
+    sharp, labels = _logits_and_labels(sharpness=6.0, seed=0)
+    g = torch.Generator().manual_seed(5)
+    soft = 0.2 * sharp + 0.3 * torch.randn(sharp.shape, generator=g)  # the same labels, a worse fit
+    temps = metrics.matched_temperatures({"sharp": sharp, "soft": soft}, labels)
+    target = F.cross_entropy(soft.double(), labels).item()
+    assert temps["soft"] == 1.0 and temps["sharp"] > 1.0
+    assert F.cross_entropy(sharp.double() / temps["sharp"], labels).item() == pytest.approx(target, abs=1e-9)
+    with pytest.raises(ValueError, match="logits is empty"):
+        metrics.matched_temperatures({}, labels)
