@@ -12,7 +12,8 @@ Prints one line, read by scripts::
     bench hessian_top5_vs_pyhessian: ours=<s> peer=<s> ratio=<peer/ours> agreement=<max rel. diff>
 
 then indented lines with product counts, each tool's error against a tight reference (Lanczos to
-1e-6), and our time and error at a ten times looser tolerance. Needs PyHessian on the path: ``make bench`` installs it into ``.bench-peers``.
+1e-6), and our time and error at a ten times looser tolerance. Then ``bench hessian_minmax``: the
+certified two-ended run against power iteration with a shift (see :func:`minmax`). Needs PyHessian on the path: ``make bench`` installs it into ``.bench-peers``.
 """
 from __future__ import annotations
 
@@ -98,7 +99,43 @@ def main() -> int:
     verdict = "below" if err_loose <= err_peer else "above"
     print(f"    ours at tol {10 * TOL:g}: {t_loose:.3g}s, {loose.n_products} products, max rel. error "
           f"{100 * err_loose:.2g}% ({verdict} the peer's at tol {TOL:g}); ratio to the peer {t_peer / t_loose:.2f}")
+    minmax(model, xb, yb)
     return 0
+
+
+def minmax(model, xb, yb) -> None:
+    """``bench hessian_minmax``: both ends of the same batch's spectrum, certified in one Lanczos run
+    (:func:`lib.krylov.extreme_eigenvalues`, the chapters' setting), against the usual recipe with
+    power-iteration tools: λ_max by power iteration, then power iteration on the shifted operator
+    H − λ_max·I, whose dominant eigenvalue is λ_min − λ_max, each to the same tolerance and at
+    most 100 products (PyHessian's default). Errors are against a long two-ended Lanczos run, both
+    relative to the spectral scale max(|λ_min|, λ_max), the accuracy the certified run promises.
+    """
+    op = hessian.HessianOperator(model, xb, yb)
+    t0 = time.perf_counter()
+    ours = hessian.extreme_eigenvalues(op, op.dim, tol=TOL, seed=SEED)
+    t_ours = time.perf_counter() - t0
+    n_ours = op.n_products
+
+    start = op.n_products
+    t0 = time.perf_counter()
+    top = hessian.power_iteration(op, op.dim, k=1, tol=TOL, max_iter=100, seed=SEED).values[0]
+    shifted = hessian.power_iteration(lambda v: op(v) - top * v, op.dim, k=1, tol=TOL, max_iter=100,
+                                      seed=SEED).values[0]
+    t_power = time.perf_counter() - t0
+    n_power = op.n_products - start
+    power = (top + shifted, top)
+
+    reference = hessian.extreme_eigenvalues(op, op.dim, tol=1e-7, min_steps=60, seed=SEED + 1)
+    scale = max(abs(reference.lambda_min), abs(reference.lambda_max))
+    err = lambda low, high: max(abs(low - reference.lambda_min), abs(high - reference.lambda_max)) / scale  # noqa: E731
+    print(f"bench hessian_minmax: ours={t_ours:.3g}s peer={t_power:.3g}s ratio={t_power / t_ours:.2f} "
+          f"agreement={100 * err(ours.lambda_min, ours.lambda_max):.2g}%")
+    print(f"    {MODEL}, batch {BATCH}, tol {TOL:g}: λ_max={reference.lambda_max:.1f} λ_min={reference.lambda_min:.2f} "
+          f"(reference); products ours={n_ours} power iteration + shift={n_power}; error / scale: "
+          f"ours={100 * err(ours.lambda_min, ours.lambda_max):.2g}% (certified bound "
+          f"{100 * max(ours.bound_min, ours.bound_max) / scale:.2g}%) "
+          f"power={100 * err(*power):.2g}%")
 
 
 if __name__ == "__main__":
