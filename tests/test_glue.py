@@ -9,6 +9,7 @@ small book) that a missing key fails the build instead of leaving a hole in a se
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -131,3 +132,37 @@ def test_the_book_build_fails_when_a_pasted_key_is_missing(tmp_path):
     broken = _build(_small_book(tmp_path / "broken", "ranking"))
     assert broken.returncode != 0, "a build with a missing glue key must fail"
     assert "ranking" in broken.stdout + broken.stderr, "the failure should name the missing key"
+
+
+def glued_values(notebook: Path) -> dict[str, str]:
+    """Every glued key of a stored notebook with the text it pastes."""
+    values = {}
+    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            text = output.get("data", {}).get("application/papermill.record/text/plain")
+            if name and text is not None:
+                values[name] = "".join(text) if isinstance(text, list) else text
+    return values
+
+
+def settings_of(notebook: Path) -> dict[str, object]:
+    """The upper-case assignments of a chapter's parameters cell (the first code cell after set-up)."""
+    cells = [c for c in json.loads(notebook.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
+    source = "".join(next(c for c in cells if "".join(c["source"]).startswith("# Settings"))["source"])
+    found = {}
+    for name, value in re.findall(r"^([A-Z_0-9]+)\s*=\s*([^#\n]+)", source, flags=re.M):
+        found[name] = ast.literal_eval(value.strip())  # the settings are literals
+    return found
+
+
+def test_chapters_3_and_6_probe_the_hessian_with_one_setting_and_agree_on_the_shared_checkpoint():
+    hessian_chapter = REPO / "chapters" / "03_hessian_spectra.ipynb"
+    alternet_chapter = REPO / "chapters" / "06_alternet.ipynb"
+    three, six = settings_of(hessian_chapter), settings_of(alternet_chapter)
+    assert (three["BATCH_SIZE"], three["TOL"], three["TOP_K"]) == \
+        (six["HESSIAN_BATCH_SIZE"], six["TOL"], six["TOP_K"])
+    assert six["HESSIAN_BATCHES"] <= three["N_BATCHES"]  # chapter 6's batches are chapter 3's first ones
+    # the ViT trained on 10% of the data, first probe batch: the same λ_max in both stored chapters
+    assert glued_values(hessian_chapter)["vit_small_lambda_max_batch1"] == \
+        glued_values(alternet_chapter)["hess_vit_lambda_max_batch1"]
