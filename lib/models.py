@@ -25,6 +25,7 @@ it on for speed; the outputs agree to floating-point rounding either way.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -87,8 +88,11 @@ class MSABlock(nn.Module):
     self-attention inside non-overlapping ``window`` x ``window`` windows with a learned
     relative-position bias, 1x1 convolution up, drop-path, plus the identity. There is no MLP inside:
     the next convolution block plays that role. When the block changes resolution or width, the
-    shortcut is a 1x1 projection of the pre-activated input (as in timm's ``PreActBasic``) and the
-    first 1x1 convolution carries the stride.
+    shortcut is a 1x1 projection of the pre-activated input (as in timm's ``PreActBasic``). A block
+    that subsamples (``stride > 1``, an MSA at the start of a stage) first reduces the resolution
+    with a strided 3x3 convolution, as a convolution block does, instead of the 1x1: a strided 1x1
+    would keep one position in four and filter nothing, so an MSA placed there would be compared
+    through a worse downsampler (see :func:`strided_msa_hidden` for its width).
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1, heads: int = 4,
@@ -99,7 +103,7 @@ class MSABlock(nn.Module):
         self.norm = BatchNormAct2d(in_chs, act_layer=nn.GELU)
         self.downsample = (DownsampleConv(in_chs, out_chs, stride=stride, preact=True, conv_layer=create_conv2d)
                            if stride != 1 or in_chs != out_chs else None)
-        self.down = create_conv2d(in_chs, hidden, 1, stride=stride)
+        self.down = create_conv2d(in_chs, hidden, 3 if stride != 1 else 1, stride=stride)
         self.attn = WindowAttention(hidden, num_heads=heads, head_dim=hidden // heads, window_size=window)
         self.up = create_conv2d(hidden, out_chs, 1)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
@@ -118,6 +122,39 @@ class MSABlock(nn.Module):
         x_preact = self.norm(x)
         shortcut = x if self.downsample is None else self.downsample(x_preact)
         return self.branch(x_preact) + shortcut
+
+
+def _n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@functools.lru_cache(maxsize=None)
+def strided_msa_hidden(in_chs: int, width: int, window: int) -> int:
+    """The hidden width of an MSA block that starts a stage (``stride 2``, ``in_chs -> width``).
+
+    Chosen so that moving an MSA from the end of a stage to its start leaves the parameter count
+    unchanged: of the multiples of :data:`MSA_HEAD_DIM` up to ``MSA_EXPANSION · width``, the one
+    for which *strided MSA block + convolution block* has the parameters closest to those of
+    *strided convolution block + MSA block at* ``MSA_EXPANSION · width`` (the pair it replaces).
+    Its strided 3x3 downsampler costs parameters that a full-width MSA would add on top, so a
+    placement ablation would otherwise also be a size ablation.
+    """
+    def conv_block(cin: int, stride: int) -> nn.Module:
+        return PreActBasic(cin, width, stride=stride, conv_layer=create_conv2d, norm_layer=BatchNormAct2d,
+                           proj_layer=DownsampleConv)
+
+    def msa_block(cin: int, stride: int, hidden: int) -> nn.Module:
+        return MSABlock(cin, width, stride=stride, hidden=hidden, heads=max(1, hidden // MSA_HEAD_DIM),
+                        window=window)
+
+    full = MSA_EXPANSION * width
+    # Candidate blocks are built only to be counted: on the meta device (no memory, no work) and
+    # with the random state restored, so building a model stays seeded exactly as before.
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        target = _n_params(conv_block(in_chs, 2)) + _n_params(msa_block(width, 1, full))
+        rest = _n_params(conv_block(width, 1))
+        sizes = {h: _n_params(msa_block(in_chs, 2, h)) for h in range(MSA_HEAD_DIM, full + 1, MSA_HEAD_DIM)}
+    return min(sizes, key=lambda h: (abs(sizes[h] + rest - target), -h))
 
 
 def _window_for(resolution: int, largest: int = 8) -> int:
@@ -180,7 +217,8 @@ class PreActResNet(nn.Module):
                                               norm_layer=BatchNormAct2d, proj_layer=DownsampleConv,
                                               drop_path_rate=rates[k]))
                 else:
-                    hidden = MSA_EXPANSION * width
+                    hidden = (MSA_EXPANSION * width if stride == 1
+                              else strided_msa_hidden(in_chs, width, _window_for(resolution)))
                     blocks.append(MSABlock(in_chs, width, stride=stride, hidden=hidden,
                                            heads=max(1, hidden // MSA_HEAD_DIM),
                                            window=_window_for(resolution), drop_path_rate=rates[k]))

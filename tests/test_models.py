@@ -52,6 +52,48 @@ def test_alternet_layout_places_msa_blocks():
     assert start(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
+
+def test_an_msa_at_a_stage_start_subsamples_like_a_conv_block_and_keeps_the_parameter_count():
+    """The placement ablation CC,MC,MC differs from AlterNet (CC,CM,CM) in placement only: its
+    strided MSA blocks reduce resolution with a strided 3x3 convolution, as the convolution blocks
+    do, and the two models have the same number of parameters within 2%."""
+    start = models.build("alternet", layout="CC,MC,MC").net
+    for stage, (in_chs, width) in ((1, (40, 80)), (2, (80, 160))):
+        msa = start.stages[stage][0]
+        assert isinstance(msa, models.MSABlock)
+        assert msa.down.kernel_size == (3, 3) and msa.down.stride == (2, 2)
+        conv = start.stages[stage][1]
+        assert conv.conv1.kernel_size == (3, 3)  # the conv block that now ends the stage
+        hidden = msa.down.out_channels
+        assert hidden == models.strided_msa_hidden(in_chs, width, 7)
+        assert hidden % models.MSA_HEAD_DIM == 0 and hidden <= models.MSA_EXPANSION * width
+    end = models.build("alternet").net
+    assert all(b.down.kernel_size == (1, 1) for s in end.stages for b in s if isinstance(b, models.MSABlock))
+    n_start, n_end = models.count_parameters(start), models.count_parameters(end)
+    assert abs(n_start - n_end) <= 0.02 * n_end
+    x = torch.rand(2, 40, 28, 28)
+    assert start.stages[1][0](x).shape == (2, 80, 14, 14)
+
+
+def test_strided_msa_hidden_balances_the_swap_it_is_defined_by():
+    """Direct check of the rule on stage 3: strided MSA + conv block against strided conv block +
+    full-width MSA, and no other multiple of the head width comes closer."""
+    from timm.layers import BatchNormAct2d, create_conv2d
+    from timm.models.resnetv2 import DownsampleConv, PreActBasic
+
+    def conv(cin, stride):
+        return PreActBasic(cin, 160, stride=stride, conv_layer=create_conv2d, norm_layer=BatchNormAct2d,
+                           proj_layer=DownsampleConv)
+
+    def msa(cin, stride, hidden):
+        return models.MSABlock(cin, 160, stride=stride, hidden=hidden, heads=hidden // 20, window=7)
+
+    n = models.count_parameters
+    target = n(conv(80, 2)) + n(msa(160, 1, 320))
+    gaps = {h: abs(n(msa(80, 2, h)) + n(conv(160, 1)) - target) for h in range(20, 321, 20)}
+    assert gaps[models.strided_msa_hidden(80, 160, 7)] == min(gaps.values())
+
+
 @pytest.mark.parametrize("name", [name for name in models.MODELS if name != "resnet"])  # all with attention
 def test_fused_and_explicit_attention_agree(name, images):
     torch.manual_seed(0)
