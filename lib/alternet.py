@@ -15,7 +15,7 @@ end of stages 2 and 3). Three tools turn the paper's recipe into something a rea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -55,17 +55,44 @@ def replace_block(layout: str, stage: int, index: int, kind: str = "M") -> str:
     return ",".join(stages)
 
 
+Scores = Mapping[int, float]
+
+
 @dataclass(frozen=True)
 class Step:
-    """One candidate of :func:`build_rule`: its layout, score and what the rule did with it."""
+    """One candidate of :func:`build_rule`: its layout, score and what the rule did with it.
+
+    ``score`` is the layout's mean score over its seeds; ``gain`` the candidate's mean minus the
+    current layout's over the ``seeds`` both have (``None`` for the start and unscored steps).
+    """
 
     layout: str
     score: float | None
     outcome: str  # one of OUTCOMES
     reason: str
+    gain: float | None = None
+    seeds: tuple[int, ...] = ()
 
 
-def build_rule(score: Callable[[str], float | None], base: str = models.RESNET_LAYOUT,
+def _as_scores(value: float | Scores | None, layout: str) -> dict[int, float] | None:
+    """A score as ``{seed: value}`` (a plain number counts as seed 0); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    scores = {0: float(value)} if isinstance(value, (int, float)) else {int(k): float(v) for k, v in value.items()}
+    if not scores:
+        return None
+    bad = {k: v for k, v in scores.items() if v != v}  # NaN
+    if bad:
+        raise ValueError(f"score() gave NaN for layout {layout!r} (seeds {sorted(bad)})")
+    return scores
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def build_rule(score: Callable[[str], float | Scores | None], base: str = models.RESNET_LAYOUT,
                min_gain: float = 0.0) -> list[Step]:
     """Replay Park & Kim's AlterNet build rule on ``base``, judging layouts with ``score``.
 
@@ -73,15 +100,20 @@ def build_rule(score: Callable[[str], float | None], base: str = models.RESNET_L
     position by an MSA block; it is kept when its score beats the current layout's by more than
     ``min_gain`` (higher is better), and the next candidate is two blocks earlier in the same stage
     (MSA and conv blocks alternate). When a candidate is rejected or the stage has no position left,
-    the search moves to the last block of the stage before. ``score`` returns ``None`` for a layout
-    it cannot judge (an untrained model); the search stops there. Returns every step, the start
-    included; the last kept layout is the rule's AlterNet.
+    the search moves to the last block of the stage before.
+
+    ``score`` returns a number, or ``{seed: value}`` for layouts trained with several seeds; two
+    layouts are then compared on the seeds both have (the mean difference over those seeds), so a
+    three-seed mean never meets a single run of another seed. ``score`` returns ``None`` (or no
+    seed in common with the current layout) for a layout it cannot judge, e.g. an untrained model;
+    the search stops there. Returns every step, the start included; the last kept layout is the
+    rule's AlterNet.
     """
     current = ",".join(_stages(base))
-    best = score(current)
+    best = _as_scores(score(current), current)
     if best is None:
         raise ValueError(f"score() gave no value for the base layout {current!r}")
-    steps = [Step(current, best, "start", "the CNN we start from")]
+    steps = [Step(current, _mean(best.values()), "start", "the CNN we start from")]
     stage = len(_stages(current)) - 1
     index = len(_stages(current)[stage]) - 1
     while stage >= 0:
@@ -90,20 +122,30 @@ def build_rule(score: Callable[[str], float | None], base: str = models.RESNET_L
             index = len(_stages(current)[stage]) - 1 if stage >= 0 else -1
             continue
         candidate = replace_block(current, stage, index)
-        value = score(candidate)
+        value = _as_scores(score(candidate), candidate)
         where = f"block {index + 1} of stage {stage + 1}"
-        if value is None:
-            steps.append(Step(candidate, None, "unscored", f"MSA at {where}: no score, the search stops"))
+        common = tuple(sorted(set(best) & set(value))) if value is not None else ()
+        if not common:
+            why = "no score" if value is None else f"no seed in common with {current!r}"
+            steps.append(Step(candidate, None if value is None else _mean(value.values()), "unscored",
+                              f"MSA at {where}: {why}, the search stops"))
             break
-        if value > best + min_gain:
-            steps.append(Step(candidate, value, "kept", f"MSA at {where} helps (+{value - best:.2f})"))
+        gain = _mean(value[k] for k in common) - _mean(best[k] for k in common)
+        mean = _mean(value.values())
+        if gain > min_gain:
+            steps.append(Step(candidate, mean, "kept", f"MSA at {where} helps (+{gain:.2f})", gain, common))
             current, best, index = candidate, value, index - 2
         else:
-            steps.append(Step(candidate, value, "rejected",
-                              f"MSA at {where} does not help ({value - best:+.2f}): try the stage before"))
+            steps.append(Step(candidate, mean, "rejected",
+                              f"MSA at {where} does not help ({gain:+.2f}): try the stage before", gain, common))
             stage -= 1
             index = len(_stages(current)[stage]) - 1 if stage >= 0 else -1
     return steps
+
+
+def selected(steps: list[Step]) -> str:
+    """The layout :func:`build_rule` ends with: its last kept step (or the start)."""
+    return next(s.layout for s in reversed(steps) if s.outcome in ("start", "kept"))
 
 
 def _is_convnet(model: nn.Module) -> bool:

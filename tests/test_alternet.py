@@ -58,6 +58,24 @@ def test_build_rule_min_gain_and_unscored():
         alternet.build_rule({}.get)
 
 
+
+def test_build_rule_compares_layouts_on_the_seeds_both_have():
+    # The ResNet's three-seed mean (80) is below the candidate's single seed-0 run (80.5), but on
+    # seed 0, the only seed in common, the ResNet is better (81): a matched rule rejects the MSA.
+    scores = {"CC,CC,CC": {0: 81.0, 1: 79.5, 2: 79.5}, "CC,CC,CM": {0: 80.5},
+              "CC,CM,CC": {0: 81.4, 1: 79.6}, "CM,CM,CC": {2: 90.0}}
+    steps = alternet.build_rule(scores.get)
+    assert [(s.layout, s.outcome) for s in steps] == [
+        ("CC,CC,CC", "start"), ("CC,CC,CM", "rejected"), ("CC,CM,CC", "kept"), ("CM,CM,CC", "unscored")]
+    assert steps[0].score == pytest.approx(80.0)
+    assert steps[1].gain == pytest.approx(-0.5) and steps[1].seeds == (0,)
+    assert steps[2].gain == pytest.approx((81.4 + 79.6) / 2 - (81.0 + 79.5) / 2) and steps[2].seeds == (0, 1)
+    assert "no seed in common" in steps[3].reason  # seed 2 only: nothing to compare with
+    assert alternet.selected(steps) == "CC,CM,CC"
+    with pytest.raises(ValueError, match="NaN for layout 'CC,CC,CM'"):
+        alternet.build_rule({"CC,CC,CC": 1.0, "CC,CC,CM": {0: float("nan")}}.get)
+
+
 def _trained_looking(model):
     """Non-trivial BatchNorm statistics, so that copying them matters."""
     gen = torch.Generator().manual_seed(1)
