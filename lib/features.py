@@ -4,6 +4,11 @@ Park & Kim (2022) walk a model unit by unit: Fig. 6 measures how much each unit'
 over space (MSAs reduce the variance, convolutions and MLPs increase it), Fig. 7 removes one
 residual unit at a time and measures the drop in accuracy (the drop repeats with every stage: a
 multi-stage model behaves like a series of small models).
+
+The raw variance grows with the scale of the residual stream, so beside it this module measures a
+scale-free version (:func:`relative_variance`: the spatial variance of a map as a share of its mean
+square) and the mean square itself. The lesion study keeps every test image's outcome, clean and
+lesioned, so that the chapters can compare lesions with paired intervals over images.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -46,6 +52,13 @@ def unit_outputs(model: nn.Module, x: torch.Tensor, device: str | torch.device |
             for unit, out in zip(units, outs) if unit.kind != "head"]
 
 
+def _check_maps(maps: torch.Tensor) -> None:
+    if maps.ndim != 4:
+        raise ValueError(f"expected maps of shape (B, C, H, W), got {tuple(maps.shape)}")
+    if maps.shape[2] * maps.shape[3] < 2:
+        raise ValueError(f"spatial variance needs at least 2 positions, got a {maps.shape[2]}x{maps.shape[3]} map")
+
+
 def feature_map_variance(maps: torch.Tensor) -> float:
     """Park & Kim's feature-map variance of a batch of maps ``(B, C, H, W)``.
 
@@ -53,32 +66,96 @@ def feature_map_variance(maps: torch.Tensor) -> float:
     images and channels. A spatially constant map has variance 0; maps with a single position
     (1×1) are rejected, since their spatial variance is undefined.
     """
+    _check_maps(maps)
+    return maps.double().flatten(2).var(dim=2, unbiased=True).mean().item()
+
+
+def relative_variance_per_map(maps: torch.Tensor) -> torch.Tensor:
+    """The scale-free spatial variance of each (image, channel) map of ``maps`` ``(B, C, H, W)``.
+
+    ``var / mean_square`` over the H·W positions, with the population variance (divided by H·W),
+    which equals ``1 - mean² / mean_square``: the share of the map's energy that varies over space.
+    It lies in [0, 1] (0 for a constant map, 1 for a map of mean 0) and does not change when the
+    map is multiplied by any non-zero number, so a growing residual stream cannot move it. A map
+    that is 0 everywhere has no energy and no variation; it counts as 0. Returns ``(B, C)`` float64.
+    """
+    _check_maps(maps)
+    flat = maps.double().flatten(2)
+    var = flat.var(dim=2, unbiased=False)
+    mean_square = flat.square().mean(dim=2)
+    return torch.where(mean_square > 0, var / mean_square.clamp_min(torch.finfo(torch.float64).tiny),
+                       torch.zeros_like(var)).clamp(0.0, 1.0)
+
+
+def relative_variance(maps: torch.Tensor) -> float:
+    """:func:`relative_variance_per_map` averaged over images and channels, as Park & Kim average
+    their raw variance (:func:`feature_map_variance`)."""
+    return relative_variance_per_map(maps).mean().item()
+
+
+def mean_square(maps: torch.Tensor) -> float:
+    """The energy of a batch of maps ``(B, C, H, W)``: the mean of ``z²`` over images, channels and
+    positions. Its growth from unit to unit is the part of the raw variance's growth that
+    :func:`relative_variance` leaves out."""
     if maps.ndim != 4:
         raise ValueError(f"expected maps of shape (B, C, H, W), got {tuple(maps.shape)}")
-    if maps.shape[2] * maps.shape[3] < 2:
-        raise ValueError(f"spatial variance needs at least 2 positions, got a {maps.shape[2]}x{maps.shape[3]} map")
-    return maps.double().flatten(2).var(dim=2, unbiased=True).mean().item()
+    return maps.double().square().mean().item()
+
+
+def log10_change(values: np.ndarray) -> np.ndarray:
+    """Change of ``log10(values)`` from each entry to the next (one fewer than ``values``).
+
+    A unit's change is measured from its input, the previous unit's output, to its own output.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or values.size < 2:
+        raise ValueError(f"need a 1-D profile of at least 2 values, got shape {values.shape}")
+    if np.any(values <= 0):
+        raise ValueError(f"log10 changes need positive values, got {values[values <= 0][:5].tolist()}")
+    return np.diff(np.log10(values))
 
 
 @dataclass(frozen=True)
 class VarianceProfile:
-    """Feature-map variance of every spatial unit, in order (``units[i]`` describes ``variance[i]``)."""
+    """Feature-map statistics of every spatial unit, in order (``units[i]`` describes entry ``i``).
+
+    ``variance`` is Park & Kim's raw spatial variance (:func:`feature_map_variance`), ``relative``
+    the scale-free share of it (:func:`relative_variance`) and ``mean_square`` the maps' energy
+    (:func:`mean_square`). The last two are ``None`` in a profile built by hand without them.
+    """
 
     units: list[UnitInfo]
     variance: np.ndarray
+    relative: np.ndarray | None = None
+    mean_square: np.ndarray | None = None
 
     @property
     def change(self) -> np.ndarray:
-        """Change of log10 variance from each unit's input to its output (for ``units[1:]``)."""
-        return np.diff(np.log10(self.variance))
+        """Change of log10 raw variance from each unit's input to its output (for ``units[1:]``)."""
+        return log10_change(self.variance)
+
+    @property
+    def relative_change(self) -> np.ndarray:
+        """Change of log10 scale-free variance from each unit's input to its output (``units[1:]``)."""
+        if self.relative is None:
+            raise ValueError("this profile holds no relative variance; build it with variance_profile")
+        return log10_change(self.relative)
+
+    @property
+    def mean_square_change(self) -> np.ndarray:
+        """Change of log10 mean square (energy) from each unit's input to its output (``units[1:]``)."""
+        if self.mean_square is None:
+            raise ValueError("this profile holds no mean square; build it with variance_profile")
+        return log10_change(self.mean_square)
 
 
 def variance_profile(model: nn.Module, x: torch.Tensor, device: str | torch.device | None = None,
                      batch_size: int = 64) -> VarianceProfile:
-    """Feature-map variance of each unit output over the images ``x`` (Park & Kim Fig. 6).
+    """Raw and scale-free feature-map variance, and mean square, of each unit output over ``x``
+    (Park & Kim Fig. 6).
 
     Computed batch by batch and averaged with weights by batch size, so the result equals the
-    variance on all of ``x`` at once while memory stays that of one batch.
+    statistics on all of ``x`` at once while memory stays that of one batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -88,25 +165,41 @@ def variance_profile(model: nn.Module, x: torch.Tensor, device: str | torch.devi
         xb = x[start:start + batch_size]
         outs = unit_outputs(model, xb, device)
         infos = [info for info, _ in outs]
-        values = np.array([feature_map_variance(m) for _, m in outs]) * len(xb)
+        values = np.array([[feature_map_variance(m), relative_variance(m), mean_square(m)]
+                           for _, m in outs]) * len(xb)
         totals = values if totals is None else totals + values
     if totals is None:
         raise ValueError("x holds no images")
-    return VarianceProfile(units=infos, variance=totals / len(x))
+    totals = totals / len(x)
+    return VarianceProfile(units=infos, variance=totals[:, 0], relative=totals[:, 1], mean_square=totals[:, 2])
 
 
 @dataclass(frozen=True)
 class Lesion:
-    """Test accuracy with each residual unit removed (replaced by its skip connection).
+    """Test accuracy with each residual unit removed (replaced by its skip connection), in total and
+    image by image.
 
     ``accuracy[i]`` and ``drop[i]`` (baseline − lesioned, in points) belong to ``units[i]``; units
-    that cannot be removed (the embedding, subsampling units, the head) have NaN.
+    that cannot be removed (the embedding, subsampling units, the head) have NaN. Per image ``n``:
+    ``clean_correct[n]`` is 1.0 if the intact model is right, ``correct[i, n]`` the same with unit
+    ``i`` removed (NaN rows for units that cannot be removed), and ``clean_loss``, ``loss`` the
+    cross-entropy of the true class. ``drop[i] == 100 * mean(clean_correct - correct[i])``, so the
+    paired difference of the two per-image arrays is the drop image by image.
     """
 
     units: list[UnitInfo]
     baseline: float
     accuracy: np.ndarray
     drop: np.ndarray
+    clean_correct: np.ndarray
+    correct: np.ndarray
+    clean_loss: np.ndarray
+    loss: np.ndarray
+
+    @property
+    def removable(self) -> list[int]:
+        """Indices of the units that can be removed (those with an identity shortcut)."""
+        return [i for i, u in enumerate(self.units) if u.residual]
 
 
 @torch.no_grad()
@@ -116,25 +209,134 @@ def lesion_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
 
     A lesioned unit passes its input through unchanged (``x + branch(x)`` becomes ``x``). For each
     batch the clean run is done once and every lesion restarts from the cached input of its unit,
-    which halves the work of running all lesions from scratch.
+    which halves the work of running all lesions from scratch. Every image's correctness and loss
+    are kept, clean and lesioned, for paired comparisons over the same images.
     """
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+    if len(y) == 0:
+        raise ValueError("x holds no images")
     device = torch.device(device or next(model.parameters()).device)
     model.eval()
     units = blocks_lib.blocks(model)
     infos = [u.info for u in units]
     lesionable = [i for i, u in enumerate(units) if u.residual]
-    correct = np.zeros(len(units))
-    base_correct = 0
+    n = len(y)
+    correct = np.full((len(units), n), np.nan)
+    loss = np.full((len(units), n), np.nan)
+    clean_correct, clean_loss = np.empty(n), np.empty(n)
+
+    def outcome(logits: torch.Tensor, yb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        logits = logits.float()
+        return ((logits.argmax(1) == yb).double().cpu().numpy(),
+                F.cross_entropy(logits, yb, reduction="none").double().cpu().numpy())
+
     batches = list(data.iterate_batches(x, y, batch_size))
+    start = 0
     for xb, yb in tqdm(batches, desc="lesions", disable=not progress, file=sys.stderr, dynamic_ncols=True):
         xb, yb = xb.to(device), yb.to(device)
+        sl = slice(start, start + len(yb))
         _, outs = blocks_lib.run_blocks(units, xb, keep=True)
-        base_correct += (outs[-1].argmax(1) == yb).sum().item()
+        clean_correct[sl], clean_loss[sl] = outcome(outs[-1], yb)
         for i in lesionable:
             h = xb if i == 0 else outs[i - 1]  # the unit's input, passed through unchanged
-            logits = blocks_lib.run_blocks(units[i + 1:], h)
-            correct[i] += (logits.argmax(1) == yb).sum().item()
-    baseline = 100.0 * base_correct / len(y)
+            correct[i, sl], loss[i, sl] = outcome(blocks_lib.run_blocks(units[i + 1:], h), yb)
+        start += len(yb)
+    baseline = 100.0 * clean_correct.mean()
     accuracy = np.full(len(units), np.nan)
-    accuracy[lesionable] = 100.0 * correct[lesionable] / len(y)
-    return Lesion(units=infos, baseline=baseline, accuracy=accuracy, drop=baseline - accuracy)
+    accuracy[lesionable] = 100.0 * correct[lesionable].mean(axis=1)
+    return Lesion(units=infos, baseline=baseline, accuracy=accuracy, drop=baseline - accuracy,
+                  clean_correct=clean_correct, correct=correct, clean_loss=clean_loss, loss=loss)
+
+
+def block_name(unit: UnitInfo) -> str:
+    """The block a unit belongs to: its name up to the last dot (``"stage2.1.msa"`` → ``"stage2.1"``).
+
+    :mod:`lib.blocks` names the MSA and MLP units of one transformer block ``<block>.msa`` and
+    ``<block>.mlp``, and a ResNet's basic block ``<block>.conv``, so a block is one unit of a CNN
+    and one MSA-MLP pair of a transformer.
+    """
+    return unit.name.rsplit(".", 1)[0]
+
+
+def stage_blocks(units: list[UnitInfo]) -> list[list[list[int]]]:
+    """The removable units (``residual``), grouped by block (:func:`block_name`) within each stage.
+
+    ``result[s][b]`` lists the unit indices of the ``b``-th removable block of the ``s``-th stage
+    that has any; stages and blocks keep the model's order.
+    """
+    stages: dict[int, dict[str, list[int]]] = {}
+    for i, u in enumerate(units):
+        if u.residual:
+            stages.setdefault(u.stage, {}).setdefault(block_name(u), []).append(i)
+    return [list(blocks_.values()) for _, blocks_ in sorted(stages.items())]
+
+
+@dataclass(frozen=True)
+class StageContrast:
+    """Lesion damage at the start against the end of each stage, image by image (Park & Kim Fig. 7).
+
+    For each stage with at least two removable blocks (``stages``, 0-based), ``first[:, k]`` is the
+    drop per image (points: 100 × (clean − lesioned correctness)) of removing a unit of the stage's
+    first block, ``last[:, k]`` the same for its last block; with ``kind=None`` a block's drop is
+    the mean over its units. ``blocks_per_stage`` counts every stage's removable blocks. A pattern
+    within a stage can repeat only where at least two stages have one, else ``testable`` is False
+    and ``reason`` says why.
+    """
+
+    stages: list[int]
+    first_block: list[str]
+    last_block: list[str]
+    first: np.ndarray
+    last: np.ndarray
+    blocks_per_stage: list[int]
+    kind: str | None = None
+
+    @property
+    def per_image(self) -> np.ndarray:
+        """``first - last``: per image and stage, how much more the stage's start costs than its end."""
+        return self.first - self.last
+
+    @property
+    def testable(self) -> bool:
+        """Whether a within-stage pattern exists in at least two stages, so that it can repeat."""
+        return len(self.stages) >= 2
+
+    @property
+    def reason(self) -> str:
+        """Why the repetition cannot be tested ("" when it can)."""
+        if self.testable:
+            return ""
+        what = f"{self.kind} units" if self.kind else "blocks"
+        counts = ", ".join(str(c) for c in self.blocks_per_stage)
+        return (f"removable {what} per stage: {counts}; a damage profile within a stage needs two "
+                f"removable {what} in the stage, and a repetition needs such a profile in two stages")
+
+
+def stage_contrast(lesion: Lesion, kind: str | None = None) -> StageContrast:
+    """First against last removable block of every stage, from the per-image lesion outcomes.
+
+    ``kind`` (e.g. ``"mlp"``) restricts each block to its units of that kind, so that "an MLP
+    matters more at the start of a stage" compares the MLP of the first block with that of the last;
+    blocks without such a unit are left out. ``None`` uses every unit of a block (their mean).
+    """
+    kinds = {u.kind for u in lesion.units if u.residual}
+    if kind is not None and kind not in kinds:
+        raise ValueError(f"kind must be None or one of the removable kinds {sorted(kinds)}, got {kind!r}")
+    per_unit = 100.0 * (lesion.clean_correct[None, :] - lesion.correct)
+    stages, first_names, last_names, first, last, counts = [], [], [], [], [], []
+    for stage in stage_blocks(lesion.units):
+        chosen = [[i for i in block if kind is None or lesion.units[i].kind == kind] for block in stage]
+        chosen = [block for block in chosen if block]
+        counts.append(len(chosen))
+        if len(chosen) < 2:
+            continue
+        stages.append(lesion.units[chosen[0][0]].stage)
+        first_names.append(block_name(lesion.units[chosen[0][0]]))
+        last_names.append(block_name(lesion.units[chosen[-1][0]]))
+        first.append(per_unit[chosen[0]].mean(axis=0))
+        last.append(per_unit[chosen[-1]].mean(axis=0))
+    n = lesion.clean_correct.size
+    as_columns = (lambda cols: np.stack(cols, axis=1) if cols else np.empty((n, 0)))
+    return StageContrast(stages=stages, first_block=first_names, last_block=last_names,
+                         first=as_columns(first), last=as_columns(last), blocks_per_stage=counts, kind=kind)
