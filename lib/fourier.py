@@ -12,6 +12,8 @@ and Ghiasi et al.'s low-pass filtering of the input.
   :func:`unit_profiles` does this for every unit of a zoo model (see :func:`lib.blocks.blocks`),
   and :func:`high_frequency_change` reduces a unit to one number: how much it raises (high-pass)
   or lowers (low-pass) the Δ log amplitude at the highest frequency.
+  :func:`high_frequency_changes` gives that number per image and unit, so that two kinds of unit,
+  or two models, can be compared image by image with an interval over images.
 
 Conventions, stated once:
 
@@ -272,6 +274,15 @@ class UnitProfile(AboutUnit):
         """Δ log amplitude of the output at its highest frequency (what Park & Kim's Fig. 8 plots)."""
         return self.profile.high
 
+    @property
+    def size(self) -> int:
+        """Side of the unit's output grid: pixels of a CNN map, tokens of a transformer's grid.
+
+        Two units are compared at matched resolution when their sizes agree (a 7×7 token grid and a
+        7×7 map of a CNN's last stage have the same frequencies 0, 2/7, 4/7 and 6/7 π).
+        """
+        return int(self.spectrum.shape[-1])
+
 
 def check_positive_int(value: object, what: str) -> None:
     """Raise ``ValueError`` unless ``value`` is a positive ``int`` (a size, a count)."""
@@ -339,3 +350,69 @@ def unit_profiles(model: nn.Module, x: Tensor, batch_size: int = 128, device: st
                         spectrum=torch.fft.fftshift(means[i + 1]).numpy(),
                         change=profiles[i + 1].high - profiles[i].high)
             for i, u in enumerate(units)]
+
+
+def _high_per_image(maps: Tensor) -> Tensor:
+    """Δ log amplitude at the highest diagonal frequency of each image's maps ``(B, C, n, n)``.
+
+    Per image: the mean over channels of ``log(|FFT2| + FLOOR)`` at the bin ``(-n//2, -n//2)``
+    minus the same mean at frequency ``(0, 0)``: :func:`relative_log_amplitude` ``(maps[i:i+1]).high``
+    for every ``i`` at once. Returns float64 ``(B,)`` on the CPU.
+    """
+    n = maps.shape[-1]
+    top = (-(n // 2)) % n
+    out = []
+    for chunk in maps.detach().split(CHUNK):
+        spectrum = torch.fft.fft2(chunk.to(torch.float64))
+        logs = torch.log(torch.stack([spectrum[..., 0, 0], spectrum[..., top, top]], dim=-1).abs() + FLOOR)
+        mean = logs.mean(dim=1)  # over channels: (B, 2)
+        out.append((mean[:, 1] - mean[:, 0]).cpu())
+    return torch.cat(out)
+
+
+def high_frequency_changes(model: nn.Module, x: Tensor, batch_size: int = 128,
+                           device: str | torch.device | None = None,
+                           progress: bool = True) -> tuple[list[UnitInfo], np.ndarray]:
+    """Every unit's high-frequency change, image by image: ``(units, changes[n_images, n_units])``.
+
+    ``changes[i, j]`` is :func:`high_frequency_change` from unit ``j``'s input to its output,
+    computed on image ``i`` alone (channels averaged, as :func:`relative_log_amplitude` does for
+    one image): the change of Δ log amplitude at the highest frequency. Because the profile is a
+    mean of logs, the mean of column ``j`` over the images is exactly the ``change`` of
+    :func:`unit_profiles` on the same images. Keeping the images apart is what an interval needs:
+    the same images go through every unit and every model, so contrasts such as "MSA units minus
+    convolutional units at the same resolution" are paired over images (bootstrap the rows).
+
+    ``units`` are the :class:`lib.blocks.UnitInfo` of the non-head units, in order (the head's
+    logits have no spatial extent); unit 0's input is ``x`` itself, so its change includes the
+    model's input normalisation. The model runs as in :func:`unit_profiles` (eval mode, no
+    gradients, float32, chunks of ``batch_size``, moved to ``device`` and back; its mode restored).
+    Returns float64 ``changes``.
+
+    Raises:
+        TypeError: ``model`` is not a zoo model (see :func:`lib.blocks.blocks`).
+        ValueError: ``x`` is not a non-empty batch of square images, or a bad ``batch_size``.
+    """
+    units = [u for u in blocks(model) if u.kind != "head"]
+    _as_maps(x, "x")
+    check_positive_int(batch_size, "batch_size")
+    home = model_device(model)
+    target = home if device is None else torch.device(device)
+    was_training = model.training
+    rows = []
+    try:
+        model.to(target).eval()
+        with torch.no_grad():
+            for xb in tqdm(x.split(batch_size), desc="high-frequency changes", unit="batch", file=sys.stderr,
+                           disable=not progress):
+                h = xb.to(target)
+                highs = [_high_per_image(_as_maps(h, "x"))]
+                for u in units:
+                    h = u(h)
+                    highs.append(_high_per_image(_as_maps(h, f"the output of {u.name!r}")))
+                rows.append(torch.diff(torch.stack(highs, dim=1), dim=1))
+    finally:
+        model.train(was_training)
+        if device is not None:
+            model.to(home)
+    return [u.info for u in units], torch.cat(rows).numpy()

@@ -1,11 +1,19 @@
 """Perturbing the input in the frequency domain: band-limited noise, and low-pass filtering.
 
-* **Robustness to band-limited noise** (Park & Kim 2022, Fig. 2b). :func:`band_noise` draws
-  Gaussian noise confined to a square annulus of frequencies; :func:`noise_robustness` measures
-  accuracy with such noise added, band by band, and :func:`calibrate_eps` picks the one noise level
-  used for all models. ViTs are said to be robust to high-frequency noise, CNNs not.
+* **Robustness to band-limited noise** (Park & Kim 2022, Fig. 2b). :func:`band_noise` draws Park &
+  Kim's noise, ε·sign(N(0, 1)) per pixel (:func:`sign_noise`) filtered to a square annulus of
+  frequencies (:func:`band_filter`), or, on request, Gaussian noise rescaled to the same RMS in
+  every band; :func:`noise_robustness` measures accuracy with such noise added, band by band and
+  over several noise draws, and :func:`calibrate_eps` picks the one noise level used for all
+  models. ViTs are said to be robust to high-frequency noise, CNNs not.
 * **Low-pass filtering** (Ghiasi et al. 2022): :func:`low_pass` removes every frequency above a
   cutoff and :func:`low_pass_sweep` measures accuracy against the cutoff.
+* **Reading the per-image outcomes** that both measurements keep (``correct``):
+  :func:`per_image_change` (points, per image), :func:`loss_shares` and :func:`band_share` (a
+  model's profile across bands, normalised by its own size (unit L1 norm), so that models of different
+  overall robustness can be compared by *which* bands hurt them most) and
+  :func:`relative_accuracy` / :func:`relative_loss` (accuracy as a share of the clean accuracy).
+  Each is a plain function of the rows, so a bootstrap over images can resample them.
 
 Frequencies, radii and the square annuli follow the conventions of :mod:`lib.fourier`. Models are
 evaluated with :func:`lib.metrics.evaluate` in eval mode; pixels are not clamped to [0, 1] after
@@ -33,6 +41,10 @@ BANDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 #: Default low-pass cutoffs, in units of π (1.0 keeps every frequency).
 CUTOFFS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+#: The kinds of band-limited noise: Park & Kim's filtered sign noise (the default), and Gaussian
+#: noise rescaled to the same RMS in every band.
+NOISE_KINDS: tuple[str, ...] = ("sign", "gaussian_rms")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,14 +91,47 @@ def band_mask(h: int, w: int, band_center: float, width: float = 0.1) -> Tensor:
     return mask
 
 
-def _unit_rms_band(white: Tensor, mask: Tensor) -> Tensor:
-    """White noise ``(N, C, H, W)`` filtered to ``mask`` and rescaled to RMS 1 per image (float64)."""
-    out = []
-    for chunk in white.split(CHUNK):
-        filtered = torch.fft.ifft2(torch.fft.fft2(chunk.to(torch.float64)) * mask).real
-        rms = filtered.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
-        out.append(filtered / rms)
-    return torch.cat(out)
+def _check_kind(kind: object) -> str:
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"kind must be one of {NOISE_KINDS}, got {kind!r}")
+    return kind
+
+
+def band_filter(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` ``(..., H, W)`` with every frequency outside ``mask`` removed, in float64 on ``x``'s device.
+
+    ``ifft2(fft2(x) · mask)``, whose real part is returned: for a mask symmetric under ``f → −f``
+    (every :func:`band_mask` is) the imaginary part is rounding only, so the result is the real
+    signal with exactly the frequencies of ``mask``. Chunked along the first axis (bounds the
+    complex temporaries).
+    """
+    if not isinstance(x, Tensor) or x.ndim < 2 or x.is_complex():
+        raise ValueError(f"x must be a real tensor (..., H, W), got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(x.shape[-2:]):
+        raise ValueError(f"mask must be a tensor of shape {tuple(x.shape[-2:])} (the last two dims of x), got "
+                         f"{tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
+    mask = mask.to(x.device)
+    chunks = x.split(CHUNK) if x.ndim > 2 else [x]
+    return torch.cat([torch.fft.ifft2(torch.fft.fft2(c.to(torch.float64)) * mask).real for c in chunks])
+
+
+def _signs(white: Tensor) -> Tensor:
+    """``+1`` where ``white >= 0``, ``-1`` elsewhere (float64): ``sign`` without its zeros."""
+    return torch.where(white >= 0, 1.0, -1.0).to(torch.float64)
+
+
+def _unit_band(white: Tensor, mask: Tensor, kind: str) -> Tensor:
+    """The band noise of :func:`band_noise` at ``eps = 1`` (float64), from a standard normal draw.
+
+    ``"sign"``: ``sign(white)`` filtered to ``mask``; ``"gaussian_rms"``: ``white`` filtered to
+    ``mask`` and rescaled to RMS 1 per image. Both scale linearly with ε, so one draw serves
+    every noise level.
+    """
+    if kind == "sign":
+        return band_filter(_signs(white), mask)
+    filtered = band_filter(white, mask)
+    return filtered / filtered.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
 
 
 def _check_cpu_generator(generator: torch.Generator | None) -> None:
@@ -95,44 +140,68 @@ def _check_cpu_generator(generator: torch.Generator | None) -> None:
                          f"not depend on the device), got one on {generator.device.type!r}")
 
 
-def band_noise(shape: Sequence[int], band_center: float, width: float = 0.1, eps: float = 0.1,
-               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-               device: str | torch.device | None = None) -> Tensor:
-    """Gaussian noise confined to a band of frequencies, at a fixed RMS per image.
-
-    Draws white Gaussian noise of ``shape`` ``(N, C, H, W)`` (float32, on the CPU, from
-    ``generator``, a CPU ``torch.Generator``; ``None``: the global generator), keeps only the FFT
-    bins in :func:`band_mask` ``(H, W, band_center, width)`` (in float64), transforms back (the
-    result is real) and rescales each image so that its root-mean-square over its ``C·H·W``
-    values is exactly ``eps``: per-image L2 norm ``eps·sqrt(C·H·W)``. Returns ``dtype`` on
-    ``device``.
-
-    Why a fixed RMS: every band then carries the same noise energy, so accuracy differences
-    between bands come from the frequencies alone. (Park & Kim filter sign noise of amplitude ε,
-    whose energy in a band grows with the number of bins in it, i.e. with the frequency.)
-    ``eps`` is in pixel units of images in [0, 1] (Fashion-MNIST's pixel standard deviation is
-    about 0.35).
-
-    :func:`noise_robustness` with seed ``s`` adds exactly
-    ``band_noise(x.shape, b, width, eps, generator=torch.Generator().manual_seed(s))`` in band ``b``.
-
-    Raises:
-        ValueError: ``shape`` is not 4-D with positive sizes, bad band (see :func:`band_mask`),
-            ``eps`` negative, or a generator that is not on the CPU.
-    """
+def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(shape)
     if len(shape) != 4 or not all(isinstance(s, int) and s > 0 for s in shape):
         raise ValueError(f"shape must be (N, C, H, W) with positive integer sizes, got {shape}")
-    _check_eps(eps)
+    return shape
+
+
+def sign_noise(shape: Sequence[int], eps: float = 0.1, generator: torch.Generator | None = None) -> Tensor:
+    """Park & Kim's unfiltered noise: ``eps · sign(N(0, 1))`` per pixel, every entry ``±eps`` (float64, CPU).
+
+    Drawn as ``torch.randn(shape, generator=generator)`` (float32, CPU generator) with ``+eps``
+    where the draw is ``>= 0`` and ``-eps`` elsewhere. :func:`band_noise` with ``kind="sign"``
+    filters exactly this draw (same generator state) to a band.
+
+    Raises:
+        ValueError: ``shape`` not 4-D with positive sizes, ``eps`` negative, a non-CPU generator.
+    """
+    shape = _check_shape(shape)
+    eps = _check_eps(eps)
+    _check_cpu_generator(generator)
+    return eps * _signs(torch.randn(shape, generator=generator, dtype=torch.float32))
+
+
+def band_noise(shape: Sequence[int], band_center: float, width: float = 0.1, eps: float = 0.1,
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+               device: str | torch.device | None = None, kind: str = "sign") -> Tensor:
+    """Noise confined to a band of frequencies (Park & Kim Fig. 2b), ``shape`` ``(N, C, H, W)``.
+
+    A standard normal tensor is drawn (float32, on the CPU, from ``generator``, a CPU
+    ``torch.Generator``; ``None``: the global generator) and then, by ``kind``:
+
+    * ``"sign"`` (default, Park & Kim's noise): ``eps · sign`` of the draw (:func:`sign_noise`,
+      every entry ``±eps``) is filtered to the bins of :func:`band_mask` ``(H, W, band_center,
+      width)`` by :func:`band_filter`. It is *not* rescaled: a band holding ``k`` of the ``H·W``
+      bins keeps about ``k / (H·W)`` of the sign noise's energy ``eps²`` per pixel, so on 28×28 the
+      band at 0.9π (200 bins) carries about eight times the energy of the band at 0.1π (24 bins).
+    * ``"gaussian_rms"``: the draw itself is filtered to the band and each image rescaled so that
+      its root-mean-square over its ``C·H·W`` values is exactly ``eps``: the same energy in every
+      band, so that differences between bands come from the frequencies alone.
+
+    ``eps`` is in pixel units of images in [0, 1] (Fashion-MNIST's pixel standard deviation is
+    about 0.35). The result is real (the band is symmetric) and returned as ``dtype`` on ``device``.
+    :func:`noise_robustness` with seed ``s`` adds exactly ``band_noise(x.shape, b, width, eps,
+    generator=torch.Generator().manual_seed(s), kind=kind)`` in band ``b`` (draw ``d`` uses seed
+    ``s + d``).
+
+    Raises:
+        ValueError: ``shape`` is not 4-D with positive sizes, bad band (see :func:`band_mask`),
+            ``eps`` negative, an unknown ``kind`` or a generator that is not on the CPU.
+    """
+    shape = _check_shape(shape)
+    eps = _check_eps(eps)
+    kind = _check_kind(kind)
     _check_cpu_generator(generator)
     mask = band_mask(shape[2], shape[3], band_center, width)
     white = torch.randn(shape, generator=generator, dtype=torch.float32)
-    return (eps * _unit_rms_band(white, mask)).to(device=device, dtype=dtype)
+    return (eps * _unit_band(white, mask, kind)).to(device=device, dtype=dtype)
 
 
 def _check_eps(eps: object) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0 (noise RMS in pixel units), got {eps!r}")
+        raise ValueError(f"eps must be a finite number >= 0 (noise amplitude in pixel units), got {eps!r}")
     return float(eps)
 
 
@@ -193,9 +262,10 @@ class _ChangeFromClean:
     """``drop``: accuracy change in points, ``acc − clean_acc`` (negative: the perturbation hurts).
 
     ``correct`` holds the outcome per image, ``(n_images, 1 + len(acc))``: 1.0 where the image is
-    classified right, column 0 clean, then one column per perturbation. Two models evaluated on
-    the same images (and noise seed) give a paired comparison image by image; the column means
-    are ``clean_acc`` and ``acc`` divided by 100.
+    classified right (averaged over the noise draws where there are several), column 0 clean,
+    then one column per perturbation. Two models evaluated on the same images (and noise seeds)
+    give a paired comparison image by image; the column means are ``clean_acc`` and ``acc``
+    divided by 100.
     """
 
     acc: np.ndarray
@@ -211,9 +281,13 @@ class _ChangeFromClean:
 class NoiseRobustness(_ChangeFromClean):
     """Accuracy under band-limited noise, one entry per band (Park & Kim Fig. 2b).
 
-    ``acc`` (%) and ``nll`` (mean cross-entropy) with noise of RMS ``eps`` in the band centred on
-    ``bands[i]`` (units of π, ``width`` wide) added to every image; ``clean_acc`` and
-    ``clean_nll`` without noise, on the same ``n_images`` images; ``seed`` seeded the noise.
+    ``acc`` (%) and ``nll`` (mean cross-entropy) with noise of amplitude ``eps`` and ``kind`` (see
+    :func:`band_noise`) in the band centred on ``bands[i]`` (units of π, ``width`` wide) added to
+    every image, averaged over ``draws`` noise draws seeded ``seed, seed + 1, …``;
+    ``acc_per_draw`` ``(draws, len(bands))`` keeps each draw's accuracy. ``clean_acc`` and
+    ``clean_nll`` without noise, on the same ``n_images`` images. ``correct[:, 1 + i]`` is, per
+    image, the fraction of the draws that left it classified right in band ``i`` (0 or 1 with one
+    draw); bootstrapping its rows resamples images with their draws.
     """
 
     bands: np.ndarray
@@ -226,6 +300,9 @@ class NoiseRobustness(_ChangeFromClean):
     seed: int
     n_images: int
     correct: np.ndarray
+    draws: int = 1
+    kind: str = "sign"
+    acc_per_draw: np.ndarray | None = None
 
 
 def _sweep(model: nn.Module, x: Tensor, y: Tensor, perturbed: list[Callable[[], Tensor]], batch_size: int,
@@ -251,46 +328,70 @@ def _sweep(model: nn.Module, x: Tensor, y: Tensor, perturbed: list[Callable[[], 
             "correct": np.column_stack([clean_correct, *correct])}
 
 
+def _draw_whites(shape: tuple[int, ...], seed: int, draws: int) -> list[Tensor]:
+    """One standard normal tensor per draw, seeded ``seed + d`` (CPU, float32)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_positive_int(draws, "draws")
+    return [torch.randn(shape, generator=torch.Generator().manual_seed(seed + d), dtype=torch.float32)
+            for d in range(draws)]
+
+
 def noise_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, bands: Iterable[float] = BANDS,
                      width: float = 0.1, batch_size: int = 256, seed: int = 0,
-                     device: str | torch.device | None = None, progress: bool = True) -> NoiseRobustness:
+                     device: str | torch.device | None = None, progress: bool = True, *, draws: int = 1,
+                     kind: str = "sign") -> NoiseRobustness:
     """Accuracy of ``model`` on ``(x, y)`` with band-limited noise added, band by band.
 
-    One white-noise tensor the shape of ``x`` is drawn from ``torch.Generator().manual_seed(seed)``
-    and filtered to each band in turn (see :func:`band_noise`, which gives the same noise), so
-    every band and every model sees the same underlying random numbers: compare models with the
-    same ``seed``, ``eps`` and images. Noisy images are not clamped to [0, 1]. The clean accuracy
-    is measured the same way (with ``eps = 0`` every band reproduces it exactly).
+    For each of ``draws`` draws ``d`` one standard normal tensor the shape of ``x`` is drawn from
+    ``torch.Generator().manual_seed(seed + d)`` and turned into each band's noise in turn (see
+    :func:`band_noise`, which gives the same noise), so every band and every model sees the same
+    underlying random numbers: compare models with the same ``seed``, ``draws``, ``eps``, ``kind``
+    and images, and the comparison is paired over images and draws. Noisy images are not clamped
+    to [0, 1]. The clean accuracy is measured the same way (with ``eps = 0`` every band
+    reproduces it exactly). Accuracies and per-image outcomes are averaged over the draws.
 
     Args:
-        eps: noise RMS per image, in pixel units (see :func:`calibrate_eps` for choosing it).
+        eps: noise amplitude in pixel units: the ±ε of the sign noise before filtering (default
+            ``kind``), or the RMS per image for ``kind="gaussian_rms"``. See :func:`calibrate_eps`.
         bands: band centres in units of π (default :data:`BANDS`, 0.1 … 0.9).
         width: band width in units of π (Park & Kim: 0.1).
         batch_size: images per forward pass.
-        seed: seeds the noise.
+        seed: seeds the first noise draw; draw ``d`` uses ``seed + d``.
         device: where to evaluate (``None``: where the model is; otherwise it is moved there and back).
         progress: show a tqdm bar over the evaluations (on stderr).
+        draws: independent noise draws (costs ``1 + draws · len(bands)`` evaluations of ``x``).
+        kind: ``"sign"`` (Park & Kim) or ``"gaussian_rms"`` (see :func:`band_noise`).
 
     Raises:
-        ValueError: bad shapes, ``eps``, bands, ``width`` or ``batch_size``.
+        ValueError: bad shapes, ``eps``, bands, ``width``, ``batch_size``, ``draws`` or ``kind``.
     """
     _check_xy(x, y)
     eps = _check_eps(eps)
+    kind = _check_kind(kind)
     centres = _check_values(bands, "bands")
     masks = [band_mask(x.shape[2], x.shape[3], float(b), width) for b in centres]
-    white = torch.randn(tuple(x.shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-    perturbed = [lambda mask=mask: _noisy(x, _unit_rms_band(white, mask), eps) for mask in masks]
+    whites = _draw_whites(tuple(x.shape), seed, draws)
+    perturbed = [lambda mask=mask, white=white: _noisy(x, _unit_band(white, mask, kind), eps)
+                 for mask in masks for white in whites]  # band-major: band i, draw d at i * draws + d
     evaluated = _sweep(model, x, y, perturbed, batch_size, device, progress, "band noise")
-    return NoiseRobustness(bands=centres, **evaluated, eps=eps, width=float(width), seed=seed, n_images=len(y))
+    per_draw = evaluated["acc"].reshape(len(centres), draws)
+    correct = evaluated["correct"]
+    evaluated.update(acc=per_draw.mean(axis=1), nll=evaluated["nll"].reshape(len(centres), draws).mean(axis=1),
+                     correct=np.column_stack([correct[:, 0],
+                                              correct[:, 1:].reshape(len(y), len(centres), draws).mean(axis=2)]))
+    return NoiseRobustness(bands=centres, **evaluated, eps=eps, width=float(width), seed=seed, n_images=len(y),
+                           draws=draws, kind=kind, acc_per_draw=per_draw.T.copy())
 
 
 @dataclass(frozen=True, eq=False)
 class Calibration:
     """The noise level chosen by :func:`calibrate_eps` and how it was found.
 
-    ``eps`` is the chosen noise RMS; with it the reference model loses ``drop`` accuracy points
-    (``drop >= target_drop``) in its worst band, ``band`` (units of π). ``clean_acc`` is its clean
-    accuracy. ``history`` lists every ``(eps, worst drop)`` evaluated, in order.
+    ``eps`` is the chosen noise amplitude; with it the reference model loses ``drop`` accuracy
+    points (``drop >= target_drop``, averaged over the noise draws) in its worst band, ``band``
+    (units of π). ``clean_acc`` is its clean accuracy. ``history`` lists every ``(eps, worst
+    drop)`` evaluated, in order.
     """
 
     eps: float
@@ -304,27 +405,28 @@ class Calibration:
 def calibrate_eps(model: nn.Module, x: Tensor, y: Tensor, target_drop: float = 10.0,
                   bands: Iterable[float] = BANDS, width: float = 0.1, eps_max: float = 1.0, steps: int = 8,
                   batch_size: int = 256, seed: int = 0, device: str | torch.device | None = None,
-                  progress: bool = True) -> Calibration:
+                  progress: bool = True, *, draws: int = 1, kind: str = "sign") -> Calibration:
     """One noise level for all models: the ε at which the worst band costs a reference model
     ``target_drop`` accuracy points.
 
-    The rule: with the noise of :func:`noise_robustness` (same ``seed``, ``width``, images), the
-    *worst-band drop* ``d(ε) = clean_acc − min_b acc_b(ε)`` is found by bisection on
-    ``[0, eps_max]``: ``d(eps_max)`` must reach ``target_drop``; then ``steps`` times the bracket
-    ``[lo, hi]`` is halved, keeping ``d(hi) >= target_drop > d(lo)`` (``d(0) = 0``). The result is
-    the final ``hi``: an ε measured to cost at least the target, within ``eps_max / 2**steps`` of
-    the crossing. Everything is deterministic: the noise is fixed by ``seed`` and only its scale
-    changes, so ``d`` is a fixed function of ε (close to monotone; on a finite set of images not
-    strictly, in which case the bisection still returns one crossing). Park & Kim leave ε
-    unpublished; a worst band costing 10–15 points makes every band's drop readable.
-    ``noise_robustness(model, x, y, result.eps, bands, width, seed=seed)`` reproduces ``drop``
-    exactly.
+    The rule: with the noise of :func:`noise_robustness` (same ``seed``, ``draws``, ``kind``,
+    ``width``, images), the *worst-band drop* ``d(ε) = clean_acc − min_b acc_b(ε)`` (``acc_b``
+    averaged over the draws) is found by bisection on ``[0, eps_max]``: ``d(eps_max)`` must reach
+    ``target_drop``; then ``steps`` times the bracket ``[lo, hi]`` is halved, keeping ``d(hi) >=
+    target_drop > d(lo)`` (``d(0) = 0``). The result is the final ``hi``: an ε measured to cost at
+    least the target, within ``eps_max / 2**steps`` of the crossing. Everything is deterministic:
+    the noise is fixed by ``seed`` and only its scale changes, so ``d`` is a fixed function of ε
+    (close to monotone; on a finite set of images not strictly, in which case the bisection still
+    returns one crossing). Park & Kim leave ε unpublished; a worst band costing 10–15 points makes
+    every band's drop readable. ``noise_robustness(model, x, y, result.eps, bands, width,
+    seed=seed, draws=draws, kind=kind)`` reproduces ``drop`` exactly.
 
-    Costs ``(1 + steps) · len(bands) + 1`` evaluations of ``x``.
+    Costs ``(1 + steps) · draws · len(bands) + 1`` evaluations of ``x``.
 
     Raises:
-        ValueError: ``target_drop`` not in (0, 100], ``eps_max`` not positive, ``steps`` not a
-            positive integer, or ``eps_max`` too small to reach the target.
+        ValueError: ``target_drop`` not in (0, 100], ``eps_max`` not positive, ``steps`` or
+            ``draws`` not a positive integer, an unknown ``kind``, or ``eps_max`` too small to
+            reach the target.
     """
     _check_xy(x, y)
     if isinstance(target_drop, bool) or not isinstance(target_drop, (int, float)) or not 0 < target_drop <= 100:
@@ -332,10 +434,11 @@ def calibrate_eps(model: nn.Module, x: Tensor, y: Tensor, target_drop: float = 1
     if isinstance(eps_max, bool) or not isinstance(eps_max, (int, float)) or not 0 < eps_max < math.inf:
         raise ValueError(f"eps_max must be a positive finite number, got {eps_max!r}")
     check_positive_int(steps, "steps")
+    kind = _check_kind(kind)
     centres = _check_values(bands, "bands")
     masks = [band_mask(x.shape[2], x.shape[3], float(b), width) for b in centres]
-    white = torch.randn(tuple(x.shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-    unit = [_unit_rms_band(white, mask) for mask in masks]
+    whites = _draw_whites(tuple(x.shape), seed, draws)
+    unit = [[_unit_band(white, mask, kind) for white in whites] for mask in masks]
     history: list[tuple[float, float]] = []
     with _Evaluator(model, y, batch_size, device) as run:
         bar = tqdm(total=2 + steps, desc="calibrate eps", unit="eps", file=sys.stderr, disable=not progress)
@@ -344,7 +447,8 @@ def calibrate_eps(model: nn.Module, x: Tensor, y: Tensor, target_drop: float = 1
             bar.update(1)
 
             def worst(eps: float) -> tuple[float, float]:
-                drops = [clean_acc - run(_noisy(x, u, eps))[0] for u in unit]
+                accs = [float(np.mean([run(_noisy(x, u, eps))[0] for u in per_band])) for per_band in unit]
+                drops = [clean_acc - a for a in accs]
                 i = int(np.argmax(drops))
                 history.append((eps, drops[i]))
                 bar.update(1)
@@ -427,3 +531,99 @@ def low_pass_sweep(model: nn.Module, x: Tensor, y: Tensor, cutoffs: Iterable[flo
     perturbed = [lambda c=c: low_pass(x, float(c)) for c in values]
     evaluated = _sweep(model, x, y, perturbed, batch_size, device, progress, "low-pass")
     return LowPassSweep(cutoffs=values, **evaluated, n_images=len(y))
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the per-image outcomes (``correct`` of both measurements)
+# --------------------------------------------------------------------------------------------------
+
+def _check_correct(correct: object) -> np.ndarray:
+    """``correct`` as float64 ``(n_images, 1 + k)``: clean column first, values in [0, 1]."""
+    try:
+        arr = np.asarray(correct, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"correct must be an array (n_images, 1 + perturbations), got {type(correct).__name__}") \
+            from None
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 2:
+        raise ValueError(f"correct must be (n_images, 1 + perturbations) with the clean column first and at least "
+                         f"one image and one perturbation, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+        raise ValueError("correct must hold per-image outcomes in [0, 1] (1: classified right; a fraction "
+                         "over noise draws), got values outside that range")
+    return arr
+
+
+def per_image_change(correct: np.ndarray) -> np.ndarray:
+    """Accuracy change of every image under every perturbation, in points: ``100·(correct[:, 1:] −
+    correct[:, :1])``, shape ``(n_images, k)``. Its column means are the ``drop`` of the result the
+    rows came from; paired intervals over images start from here."""
+    arr = _check_correct(correct)
+    return 100.0 * (arr[:, 1:] - arr[:, :1])
+
+
+def loss_shares(correct: np.ndarray) -> np.ndarray:
+    """A model's profile across perturbations, normalised by its own size: which bands hurt *this*
+    model most.
+
+    With ``loss_b = mean(correct[:, 0]) − mean(correct[:, 1 + b])`` (accuracy lost in band ``b``),
+    returns ``loss_b / Σ_b |loss_b|``, shape ``(k,)``: the profile scaled to unit L1 norm. Where
+    every band costs accuracy this is each band's share of the model's total loss (the shares sum
+    to 1); a band where the noise *helps* gets a negative share and the positive shares then sum
+    to less than 1. A model that loses little overall and one that loses a lot get comparable
+    profiles, so two models can be compared by the *shape* of their sensitivity rather than by how
+    robust they are overall (which depends on their fit, their clean accuracy and the one ε).
+
+    Why the absolute values: a robust model's summed loss can be close to 0 (small losses in some
+    bands, small gains in others), and dividing by a sum that a bootstrap resample can push
+    through 0 gives a ratio without bounds; ``Σ |loss_b|`` is 0 only when no band changes the
+    accuracy at all. Examples: clean 0.8, bands 0.7, 0.5, 0.8 → losses 0.1, 0.3, 0 → 0.25, 0.75,
+    0; clean 2/3, bands 0 and 1 → losses 2/3, −1/3 → 2/3, −1/3.
+
+    Raises:
+        ValueError: ``correct`` malformed, or no band changes the accuracy (no profile to normalise).
+    """
+    arr = _check_correct(correct)
+    loss = arr[:, 0].mean() - arr[:, 1:].mean(axis=0)
+    size = float(np.abs(loss).sum())
+    if not size > 0:
+        raise ValueError("no perturbation changes the accuracy, so the loss has no profile to normalise; "
+                         "raise eps or use more images")
+    return loss / size
+
+
+def band_share(correct: np.ndarray, bands: Iterable[float], lo: float, hi: float) -> float:
+    """The share of a model's normalised loss profile (:func:`loss_shares`) that falls in the bands
+    ``lo … hi`` (units of π, edges inclusive): the sum of those bands' shares. ``bands`` are the centres of ``correct``'s perturbation columns.
+
+    Raises:
+        ValueError: ``bands`` not one per perturbation column, ``lo > hi``, or no band in the range.
+    """
+    shares = loss_shares(correct)
+    centres = _check_values(bands, "bands")
+    if len(centres) != len(shares):
+        raise ValueError(f"bands must give one centre per perturbation column ({len(shares)}), got {len(centres)}")
+    lo, hi = _check_unit_interval(lo, "lo"), _check_unit_interval(hi, "hi")
+    keep = (centres >= lo - TOL) & (centres <= hi + TOL)
+    if lo > hi or not keep.any():
+        raise ValueError(f"no band lies in [{lo:g}, {hi:g}]; the bands are {centres.tolist()}")
+    return float(shares[keep].sum())
+
+
+def relative_accuracy(correct: np.ndarray) -> np.ndarray:
+    """Accuracy under each perturbation as a percentage of the clean accuracy:
+    ``100 · mean(correct[:, 1 + b]) / mean(correct[:, 0])``, shape ``(k,)``.
+
+    Raises:
+        ValueError: ``correct`` malformed or a clean accuracy of 0 (nothing to be a share of).
+    """
+    arr = _check_correct(correct)
+    clean = arr[:, 0].mean()
+    if not clean > 0:
+        raise ValueError("the clean accuracy is 0, so accuracy relative to it is undefined")
+    return 100.0 * arr[:, 1:].mean(axis=0) / clean
+
+
+def relative_loss(correct: np.ndarray) -> float:
+    """Accuracy lost, in % of the clean accuracy, averaged over the perturbation columns:
+    ``100 − mean_b relative_accuracy(correct)_b``. Example: clean 0.8, columns 0.6 and 0.4 → 50."""
+    return float(100.0 - relative_accuracy(correct).mean())

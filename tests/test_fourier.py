@@ -212,6 +212,43 @@ def test_unit_profiles_match_a_direct_computation(name):
     assert [len(p.profile.delta) for p in profiles] == expected[name]
 
 
+@pytest.mark.parametrize("name", ["resnet", "vit", "alternet"])
+def test_high_frequency_changes_per_image(name):
+    """Each entry is high_frequency_change on one image; column means are unit_profiles' change."""
+    torch.manual_seed(1)
+    model = models.build(name).eval()
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(8))
+    units, changes = fourier.high_frequency_changes(model, x, batch_size=2, progress=False)  # chunks 2, 2, 1
+    body = [u for u in blocks.blocks(model) if u.kind != "head"]
+    assert [u.name for u in units] == [u.name for u in body] and isinstance(units[0], blocks.UnitInfo)
+    assert changes.shape == (5, len(body)) and changes.dtype == np.float64
+    with torch.no_grad():
+        _, outs = blocks.run_blocks(blocks.blocks(model), x, keep=True)
+    maps = [x] + [blocks.as_grid(o) for o in outs[:len(body)]]
+    for i in range(len(x)):  # independently, image by image, unit by unit
+        direct = [fourier.high_frequency_change(maps[j][i:i + 1], maps[j + 1][i:i + 1]) for j in range(len(body))]
+        np.testing.assert_allclose(changes[i], direct, rtol=0, atol=1e-5)
+    profiles = fourier.unit_profiles(model, x, progress=False)
+    np.testing.assert_allclose(changes.mean(axis=0), [p.change for p in profiles], rtol=0, atol=1e-5)
+    assert [p.size for p in profiles] == [m.shape[-1] for m in maps[1:]]
+
+
+def test_high_frequency_changes_of_a_known_filter():
+    """A unit that multiplies the top diagonal bin by 1/9 relative to DC lowers it by log 9 in every image."""
+    class Blur(nn.Module):  # the 3×3 box blur with circular padding: gain 1 at DC, 1/9 at (π, π)
+        downsample = None  # read by lib.blocks like a ResNet block's attribute
+
+        def forward(self, z):
+            return sum(torch.roll(z, (a, b), (-2, -1)) for a in (-1, 0, 1) for b in (-1, 0, 1)) / 9
+
+    model = models.build("resnet").eval()
+    model.net.stages[0][0] = Blur()  # a zoo model whose first block is now an exact low-pass filter
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(2), dtype=torch.float32)
+    units, changes = fourier.high_frequency_changes(model, x, progress=False)
+    j = [u.name for u in units].index("stage1.0.conv")
+    np.testing.assert_allclose(changes[:, j], -math.log(9), rtol=0, atol=1e-3)
+
+
 def test_unit_profiles_restore_the_mode_and_reject_other_models():
     model = models.build("vit").train()
     fourier.unit_profiles(model, torch.rand(2, 1, 28, 28), progress=False)
@@ -220,6 +257,12 @@ def test_unit_profiles_restore_the_mode_and_reject_other_models():
         fourier.unit_profiles(nn.Conv2d(1, 1, 3), torch.rand(2, 1, 28, 28), progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         fourier.unit_profiles(model, torch.rand(2, 1, 28, 28), batch_size=0, progress=False)
+    with pytest.raises(TypeError, match="zoo model"):
+        fourier.high_frequency_changes(nn.Conv2d(1, 1, 3), torch.rand(2, 1, 28, 28), progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        fourier.high_frequency_changes(model, torch.rand(2, 1, 28, 28), batch_size=0, progress=False)
+    fourier.high_frequency_changes(model, torch.rand(2, 1, 28, 28), progress=False)
+    assert model.training
 
 
 def test_features_are_checked():
