@@ -82,6 +82,7 @@ $(PEERS_STAMP): benchmarks/requirements-peers.txt $(STAMP)
 bench: setup $(PEERS_STAMP)
 	PYTHONPATH=$(PEERS) $(PY) benchmarks/hessian.py
 	PYTHONPATH=$(PEERS) $(PY) benchmarks/landscape.py
+	PYTHONPATH=$(PEERS) $(PY) benchmarks/cka.py
 	$(PY) benchmarks/chapters.py
 
 clean:

@@ -1,0 +1,587 @@
+"""Representation similarity (Raghu et al. 2021): minibatch linear CKA, skip-connection ratios and
+spatial localisation, on the residual units of :mod:`lib.blocks`.
+
+**Linear CKA.** Two representations of the same ``n`` images, ``X`` (n × p) and ``Y`` (n × q),
+are compared through their Gram matrices ``K = X Xᵀ`` and ``L = Y Yᵀ``: CKA is the normalised
+Hilbert-Schmidt independence criterion ``HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L))``. It is 1
+for representations that differ only by a rotation and an isotropic scaling, and it does not
+depend on the widths ``p`` and ``q``, so any two units of any two models can be compared.
+
+**Minibatches** (Nguyen et al. 2021). Features of every unit of a 256-image batch fit in memory,
+those of 10,000 images do not. Each batch gives the *unbiased* estimate HSIC₁ of Song et al.
+(2012) for every pair of units; CKA is then ``mean HSIC₁(K, L) / sqrt(mean HSIC₁(K, K) · mean
+HSIC₁(L, L))`` over batches. Because HSIC₁ is unbiased, the average over batches estimates the
+population HSIC whatever the batch size (the biased estimator of Kornblith et al. 2019 would
+depend on it). :class:`HSICBatches` keeps the per-batch values, so intervals come from a
+bootstrap over batches (:func:`bootstrap`).
+
+**Skip connections** (:func:`skip_ratios`): for a residual unit ``z + f(z)``, the ratio
+``‖z‖ / ‖f(z)‖`` per token (or per feature-map position), the CLS token apart from the spatial
+ones: how much of the unit's output is just its input passed on.
+
+**Spatial localisation** (:func:`localisation`): CKA between the representation at grid position
+``(a, b)`` of a unit and the raw input patch at every position: a token that still "knows where
+it is" resembles its own patch more than the others. Input patches that are (nearly) constant
+across images, the empty borders of Fashion-MNIST, carry no signal and are masked out, never
+turned into NaN.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import blocks as blocks_lib
+from .blocks import UnitInfo
+from .stats import Estimate
+from . import stats
+
+MIN_BATCH = 4  # the unbiased HSIC divides by n(n − 3)
+DEGENERATE = 1e-9  # self-HSIC below this share of its scale: features constant across images
+MASK_SHARE = 0.01  # input patches whose self-HSIC is below this share of the median are masked
+
+
+# --- Gram matrices and the unbiased HSIC -------------------------------------------------------
+
+def flatten(features: torch.Tensor) -> torch.Tensor:
+    """Features of ``n`` images, any shape ``(n, ...)``, as a float64 matrix ``(n, p)``."""
+    if features.ndim < 2:
+        raise ValueError(f"features need a batch axis and at least one feature axis, got shape "
+                         f"{tuple(features.shape)}")
+    return features.reshape(features.shape[0], -1).to(torch.float64)
+
+
+def _check_batch(n: int) -> None:
+    if n < MIN_BATCH:
+        raise ValueError(f"the unbiased HSIC needs batches of at least {MIN_BATCH} images, got {n}")
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """The linear-kernel Gram matrix ``X Xᵀ`` (float64) of features ``(n, ...)``."""
+    x = flatten(features)
+    return x @ x.T
+
+
+def grams(features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The Gram matrices of several representations of the same ``n`` images, stacked ``(U, n, n)``,
+    with their diagonals set to zero as the unbiased HSIC needs."""
+    if len(features) == 0:
+        raise ValueError("grams() needs at least one representation")
+    n = features[0].shape[0]
+    _check_batch(n)
+    for i, f in enumerate(features):
+        if f.shape[0] != n:
+            raise ValueError(f"representation {i} has {f.shape[0]} images, the first has {n}")
+    g = torch.stack([gram(f) for f in features])
+    g.diagonal(dim1=1, dim2=2).zero_()
+    return g
+
+
+def hsic_pairs(ka: torch.Tensor, kb: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC₁ (Song et al. 2012) of every pair of zero-diagonal Gram matrices.
+
+    ``ka`` is ``(U, n, n)``, ``kb`` is ``(V, n, n)``; returns ``(U, V)`` with
+    ``[tr(K̃L̃) + 1ᵀK̃1 · 1ᵀL̃1 / ((n−1)(n−2)) − 2/(n−2) · 1ᵀK̃L̃1] / (n(n−3))``.
+    The Grams are symmetric, so ``tr(K̃L̃)`` is the sum of the elementwise product and
+    ``1ᵀK̃L̃1`` the dot product of the row sums.
+    """
+    if ka.ndim != 3 or kb.ndim != 3 or ka.shape[1:] != kb.shape[1:] or ka.shape[1] != ka.shape[2]:
+        raise ValueError(f"expected stacks of n×n Gram matrices of the same n, got {tuple(ka.shape)} "
+                         f"and {tuple(kb.shape)}")
+    n = ka.shape[1]
+    _check_batch(n)
+    trace = torch.einsum("uij,vij->uv", ka, kb)
+    rows_a, rows_b = ka.sum(dim=2), kb.sum(dim=2)
+    total_a, total_b = rows_a.sum(dim=1), rows_b.sum(dim=1)
+    value = (trace + torch.outer(total_a, total_b) / ((n - 1) * (n - 2))
+             - 2.0 / (n - 2) * rows_a @ rows_b.T)
+    return value / (n * (n - 3))
+
+
+def _self_hsic(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """HSIC₁(K, K) of each Gram in a stack, and its scale ``tr(K̃K̃) / (n(n−3))`` (what it is compared
+    with to tell constant features from informative ones)."""
+    n = k.shape[1]
+    trace = (k * k).sum(dim=(1, 2))
+    rows = k.sum(dim=2)
+    total = rows.sum(dim=1)
+    value = (trace + total ** 2 / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (rows * rows).sum(dim=1)) / (n * (n - 3))
+    return value, trace / (n * (n - 3))
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA of two representations of the same images, from one batch (unbiased HSIC₁)."""
+    result = HSICAccumulator()
+    result.add([x], [y])
+    return float(result.result(["x"], ["y"]).cka()[0, 0])
+
+
+def biased_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA with the biased (full-batch) HSIC of Kornblith et al. (2019):
+    ``‖Yᶜᵀ Xᶜ‖²_F / (‖Xᶜᵀ Xᶜ‖_F ‖Yᶜᵀ Yᶜ‖_F)`` on column-centred features. An independent route to
+    the same population quantity, which the minibatch estimate approaches as the sample grows."""
+    a, b = flatten(x), flatten(y)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"x and y must describe the same images, got {a.shape[0]} and {b.shape[0]} rows")
+    a, b = a - a.mean(dim=0), b - b.mean(dim=0)
+    cross = torch.linalg.matrix_norm(b.T @ a) ** 2
+    denom = torch.linalg.matrix_norm(a.T @ a) * torch.linalg.matrix_norm(b.T @ b)
+    if denom <= 0:
+        raise ValueError("CKA is undefined for features that are constant across images")
+    return float(cross / denom)
+
+
+# --- Minibatch CKA ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HSICBatches:
+    """Per-batch unbiased HSIC values of two sets of representations of the same images.
+
+    ``labels_a`` (U of them) and ``labels_b`` (V) name the representations (units, positions);
+    ``cross[k, i, j]`` is HSIC₁ between ``a_i`` and ``b_j`` on batch ``k``, ``self_a[k, i]`` and
+    ``self_b[k, j]`` the self terms; ``batch_sizes`` the images per batch. Within one model ``b``
+    is ``a``.
+    """
+
+    labels_a: tuple[str, ...]
+    labels_b: tuple[str, ...]
+    cross: np.ndarray
+    self_a: np.ndarray
+    self_b: np.ndarray
+    batch_sizes: tuple[int, ...]
+
+    @property
+    def n_batches(self) -> int:
+        return self.cross.shape[0]
+
+    @property
+    def n_images(self) -> int:
+        return int(sum(self.batch_sizes))
+
+    def cka(self, batches: np.ndarray | None = None) -> np.ndarray:
+        """The ``(U, V)`` CKA matrix from the mean HSIC over ``batches`` (indices; default all)."""
+        idx = slice(None) if batches is None else np.asarray(batches)
+        return _cka_from_means(self.cross[idx].mean(axis=0), self.self_a[idx].mean(axis=0),
+                               self.self_b[idx].mean(axis=0))
+
+    def rows(self) -> np.ndarray:
+        """One row per batch holding its cross and self terms (what :func:`bootstrap` resamples)."""
+        k = self.n_batches
+        return np.concatenate([self.cross.reshape(k, -1), self.self_a, self.self_b], axis=1)
+
+    def from_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The CKA matrix from the mean of ``rows`` laid out as :meth:`rows` lays them out."""
+        u, v = len(self.labels_a), len(self.labels_b)
+        mean = rows.mean(axis=0)
+        return _cka_from_means(mean[:u * v].reshape(u, v), mean[u * v:u * v + u], mean[u * v + u:])
+
+
+def _cka_from_means(cross: np.ndarray, self_a: np.ndarray, self_b: np.ndarray) -> np.ndarray:
+    # a constant representation (self-HSIC 0) gives 0/0 here; model_cka refuses those before, and
+    # Localisation masks them, so the NaN never reaches a table or a figure
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cross / np.sqrt(np.outer(self_a, self_b))
+
+
+class HSICAccumulator:
+    """Collects :class:`HSICBatches` one batch at a time (features are dropped after each batch).
+
+    ``add(features_a, features_b)`` takes the representations of one batch (lists of tensors
+    ``(n, ...)``; ``features_b=None`` compares ``a`` with itself). :meth:`result` checks that no
+    representation is constant across images (CKA would be 0/0) and names the culprit if one is.
+    """
+
+    def __init__(self) -> None:
+        self._cross: list[np.ndarray] = []
+        self._self_a: list[np.ndarray] = []
+        self._self_b: list[np.ndarray] = []
+        self._scale_a: list[np.ndarray] = []
+        self._scale_b: list[np.ndarray] = []
+        self._sizes: list[int] = []
+
+    def add(self, features_a: Sequence[torch.Tensor], features_b: Sequence[torch.Tensor] | None = None) -> None:
+        """Add one batch given as representations (lists of tensors ``(n, ...)``)."""
+        self.add_grams(grams(features_a), None if features_b is None else grams(features_b))
+
+    def add_grams(self, ka: torch.Tensor, kb: torch.Tensor | None = None) -> None:
+        """Add one batch given as zero-diagonal Gram stacks (:func:`grams`), so that Grams shared by
+        several comparisons are computed once."""
+        self_a, scale_a = _self_hsic(ka)
+        if kb is None:
+            kb, self_b, scale_b = ka, self_a, scale_a
+        else:
+            if kb.shape[1] != ka.shape[1]:
+                raise ValueError(f"a and b must hold the same images, got batches of {ka.shape[1]} and {kb.shape[1]}")
+            self_b, scale_b = _self_hsic(kb)
+        if self._sizes and (len(self_a) != self._self_a[0].size or len(self_b) != self._self_b[0].size):
+            raise ValueError("every batch must give the same number of representations")
+        self._cross.append(hsic_pairs(ka, kb).numpy())
+        self._self_a.append(self_a.numpy())
+        self._self_b.append(self_b.numpy())
+        self._scale_a.append(scale_a.numpy())
+        self._scale_b.append(scale_b.numpy())
+        self._sizes.append(int(ka.shape[1]))
+
+    def constant(self, side: str = "a") -> np.ndarray:
+        """Which representations of ``side`` ("a" or "b") are constant across the images so far."""
+        if side not in ("a", "b"):
+            raise ValueError(f"side must be 'a' or 'b', got {side!r}")
+        if not self._sizes:
+            raise ValueError("no batches were added")
+        values, scales = (self._self_a, self._scale_a) if side == "a" else (self._self_b, self._scale_b)
+        return _constant(np.stack(values), np.stack(scales))
+
+    def result(self, labels_a: Sequence[str], labels_b: Sequence[str] | None = None,
+               allow_constant: bool = False) -> HSICBatches:
+        """The collected batches, labelled. Raises ``ValueError`` naming any representation that is
+        constant across the images (its self-HSIC is at rounding level), unless ``allow_constant``
+        (then the caller masks it; :meth:`constant` tells which)."""
+        if not self._sizes:
+            raise ValueError("no batches were added")
+        labels_b = labels_a if labels_b is None else labels_b
+        out = HSICBatches(tuple(labels_a), tuple(labels_b), np.stack(self._cross), np.stack(self._self_a),
+                          np.stack(self._self_b), tuple(self._sizes))
+        if len(out.labels_a) != out.self_a.shape[1] or len(out.labels_b) != out.self_b.shape[1]:
+            raise ValueError(f"got {len(out.labels_a)} and {len(out.labels_b)} labels for "
+                             f"{out.self_a.shape[1]} and {out.self_b.shape[1]} representations")
+        if not allow_constant:
+            for labels, side in ((out.labels_a, "a"), (out.labels_b, "b")):
+                bad = self.constant(side)
+                if bad.any():
+                    names = [labels[i] for i in np.flatnonzero(bad)]
+                    raise ValueError(f"features constant across images (CKA is undefined) for {names}")
+        return out
+
+
+def _constant(self_hsic: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return self_hsic.mean(axis=0) <= DEGENERATE * np.maximum(scale.mean(axis=0), np.finfo(float).tiny)
+
+
+def _progress(iterable: Iterable, total: int, desc: str, progress: bool) -> Iterable:
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not progress, file=sys.stderr)
+
+
+def _batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < MIN_BATCH:
+        raise ValueError(f"batch_size must be a whole number >= {MIN_BATCH}, got {batch_size!r}")
+    n = x.shape[0]
+    if n < MIN_BATCH:
+        raise ValueError(f"need at least {MIN_BATCH} images, got {n}")
+    out = list(x.split(batch_size))
+    if len(out) > 1 and out[-1].shape[0] < MIN_BATCH:  # fold a tiny remainder into the batch before
+        out[-2:] = [torch.cat(out[-2:])]
+    return out
+
+
+def _units(model: nn.Module, include_head: bool) -> list[blocks_lib.Block]:
+    return [u for u in blocks_lib.blocks(model) if include_head or u.kind != "head"]
+
+
+@torch.no_grad()
+def _unit_features(model: nn.Module, units: list[blocks_lib.Block], xb: torch.Tensor,
+                   device: torch.device) -> list[torch.Tensor]:
+    """The output of every unit on one batch. Raw outputs, CLS token included (it is part of what
+    the next unit sees), flattened later; the head keeps its logits."""
+    _, outs = blocks_lib.run_blocks(units, xb.to(device), keep=True)
+    return [o.float().cpu() for o in outs]
+
+
+@dataclass(frozen=True)
+class CKAResult:
+    """Minibatch CKA between every unit of ``units_a`` and every unit of ``units_b``."""
+
+    units_a: tuple[UnitInfo, ...]
+    units_b: tuple[UnitInfo, ...]
+    hsic: HSICBatches
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The ``(U, V)`` CKA matrix, rows in the order of ``units_a``, columns of ``units_b``."""
+        return self.hsic.cka()
+
+
+def model_cka(model_a: nn.Module, x: torch.Tensor, model_b: nn.Module | None = None, batch_size: int = 256,
+              include_head: bool = False, device: str | torch.device | None = None,
+              progress: bool = True) -> CKAResult:
+    """CKA between every pair of units of ``model_a`` (and ``model_b``, if given) on the images ``x``.
+
+    One pass over ``x`` in batches of ``batch_size``: each batch runs the model(s) unit by unit and
+    adds its unbiased HSIC of every pair of units. Units are those of :func:`lib.blocks.blocks`,
+    the head (logits) left out unless ``include_head``. Models run in eval mode.
+    """
+    named = {"a": model_a} if model_b is None else {"a": model_a, "b": model_b}
+    pair = ("a", "a") if model_b is None else ("a", "b")
+    return models_cka(named, x, [pair], batch_size, include_head, device, progress)[pair]
+
+
+def models_cka(models: dict[str, nn.Module], x: torch.Tensor, pairs: Sequence[tuple[str, str]],
+               batch_size: int = 256, include_head: bool = False, device: str | torch.device | None = None,
+               progress: bool = True) -> dict[tuple[str, str], CKAResult]:
+    """CKA for several pairs of models in one pass over ``x``: every model runs once per batch and
+    every unit's Gram matrix is computed once, however many comparisons use it.
+
+    ``pairs`` name models of ``models``; ``(m, m)`` compares a model with itself. All results share
+    their image batches, so :func:`bootstrap` can compare them paired.
+    """
+    if not pairs:
+        raise ValueError("models_cka() needs at least one pair to compare")
+    for pair in pairs:
+        for name in pair:
+            if name not in models:
+                raise ValueError(f"unknown model {name!r} in pairs; choose among {sorted(models)}")
+    used = sorted({name for pair in pairs for name in pair}, key=list(models).index)
+    first = models[used[0]]
+    device = torch.device(device or next(first.parameters()).device)
+    units = {}
+    for name in used:
+        models[name].eval()
+        units[name] = _units(models[name], include_head)
+    accs = {pair: HSICAccumulator() for pair in pairs}
+    parts = _batches(x, batch_size)
+    for xb in _progress(parts, len(parts), "CKA", progress):
+        gram_stacks = {name: grams(_unit_features(models[name], units[name], xb, device)) for name in used}
+        for (a, b), acc in accs.items():
+            acc.add_grams(gram_stacks[a], None if a == b else gram_stacks[b])
+    out = {}
+    for (a, b), acc in accs.items():
+        infos_a = tuple(u.info for u in units[a])
+        infos_b = tuple(u.info for u in units[b])
+        hsic = acc.result([u.name for u in infos_a], [u.name for u in infos_b])
+        out[(a, b)] = CKAResult(infos_a, infos_b, hsic)
+    return out
+
+
+def bootstrap(results: Sequence[HSICBatches], statistic: Callable[..., float], n_resamples: int = 2000,
+              level: float = 0.95, seed: int = 0) -> Estimate:
+    """Seeded percentile bootstrap over image batches of ``statistic(cka_1, cka_2, ...)``.
+
+    ``results`` must come from the same image batches (same order), so that one resample of batch
+    indices is applied to all of them: a contrast between two models on the same images is then a
+    paired comparison. ``statistic`` gets one CKA matrix per result and returns a float.
+    """
+    if not results:
+        raise ValueError("bootstrap() needs at least one HSICBatches")
+    sizes = {r.batch_sizes for r in results}
+    if len(sizes) != 1:
+        raise ValueError(f"results must come from the same batches, got batch sizes {sorted(sizes)}")
+    parts = [r.rows() for r in results]
+    bounds = np.cumsum([0] + [p.shape[1] for p in parts])
+    rows = np.concatenate(parts, axis=1)
+
+    def stat(sample: np.ndarray) -> float:
+        return float(statistic(*(r.from_rows(sample[:, lo:hi]) for r, lo, hi in
+                                 zip(results, bounds[:-1], bounds[1:]))))
+
+    return stats.bootstrap(rows, stat, n_resamples=n_resamples, level=level, seed=seed,
+                           rows=f"batches of {results[0].batch_sizes[0]} images")
+
+
+def block_mean(matrix: np.ndarray, rows: Sequence[int] | np.ndarray, cols: Sequence[int] | np.ndarray,
+               skip_diagonal: bool = False) -> float:
+    """The mean of ``matrix[rows][:, cols]``, leaving out entries with equal row and column index
+    when ``skip_diagonal`` (self-similarity is 1 by construction)."""
+    r, c = np.asarray(rows, dtype=int), np.asarray(cols, dtype=int)
+    if r.size == 0 or c.size == 0:
+        raise ValueError("block_mean() needs at least one row and one column")
+    sub = matrix[np.ix_(r, c)]
+    if skip_diagonal:
+        keep = r[:, None] != c[None, :]
+        if not keep.any():
+            raise ValueError("no off-diagonal entries in this block")
+        return float(sub[keep].mean())
+    return float(sub.mean())
+
+
+def depth_groups(units: Sequence[UnitInfo], edges: Sequence[float]) -> list[np.ndarray]:
+    """Indices of ``units`` in consecutive depth ranges: with ``edges = (0, 0.5, 1)`` the lower
+    half (depth < 0.5) and the upper half (depth ≥ 0.5), depth being the unit's position among the
+    units given, 0 for the first and 1 for the last."""
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] != 0 or edges[-1] != 1:
+        raise ValueError(f"edges must rise strictly from 0 to 1, got {list(edges)}")
+    n = len(units)
+    if n < 2:
+        raise ValueError(f"need at least 2 units, got {n}")
+    depth = np.arange(n) / (n - 1)
+    groups = []
+    for i, (lo, hi) in enumerate(zip(edges, edges[1:])):
+        last = i == len(edges) - 2
+        groups.append(np.flatnonzero((depth >= lo) & ((depth <= hi) if last else (depth < hi))))
+    return groups
+
+
+# --- Skip connections ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SkipRatios:
+    """``‖z‖ / ‖f(z)‖`` for every residual unit ``z + f(z)`` of a model.
+
+    ``spatial[i, u]`` is image i's mean over spatial tokens (or feature-map positions) of unit u's
+    ratio, each token's norm taken over its channels; ``cls[i, u]`` the CLS token's ratio (``None``
+    for models without one).
+    """
+
+    units: tuple[UnitInfo, ...]
+    spatial: np.ndarray
+    cls: np.ndarray | None
+
+    @property
+    def spatial_mean(self) -> np.ndarray:
+        return self.spatial.mean(axis=0)
+
+    @property
+    def cls_mean(self) -> np.ndarray | None:
+        return None if self.cls is None else self.cls.mean(axis=0)
+
+
+@torch.no_grad()
+def skip_ratios(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
+                device: str | torch.device | None = None, progress: bool = True) -> SkipRatios:
+    """Skip-connection ratios of every residual unit of ``model`` on the images ``x``.
+
+    Token models (``(B, N, D)`` between units) have their CLS token first (:mod:`lib.blocks`); the
+    grid is the last ``side²`` tokens. Feature maps ``(B, C, H, W)`` have no CLS token.
+    """
+    device = torch.device(device or next(model.parameters()).device)
+    model.eval()
+    units = blocks_lib.blocks(model)
+    residual = [i for i, u in enumerate(units) if u.residual]
+    if not residual:
+        raise ValueError(f"{type(model).__name__} has no residual units")
+    spatial, cls = [], []
+    parts = _batches(x, batch_size)
+    for xb in _progress(parts, len(parts), "skip ratios", progress):
+        z = xb.to(device)
+        s_rows, c_rows = [], []
+        for i, unit in enumerate(units):
+            if i in residual:
+                ratio = _token_norms(z) / _token_norms(unit.module.branch(z)).clamp_min(1e-12)
+                if z.ndim == 3:
+                    side = math.isqrt(z.shape[1])
+                    prefix = z.shape[1] - side * side
+                    s_rows.append(ratio[:, prefix:].mean(dim=1))
+                    c_rows.append(ratio[:, 0] if prefix else None)
+                else:
+                    s_rows.append(ratio.flatten(1).mean(dim=1))
+                    c_rows.append(None)
+            z = unit(z)
+        spatial.append(torch.stack(s_rows, dim=1).double().cpu())
+        if all(c is not None for c in c_rows):
+            cls.append(torch.stack(c_rows, dim=1).double().cpu())
+    return SkipRatios(tuple(units[i].info for i in residual), torch.cat(spatial).numpy(),
+                      torch.cat(cls).numpy() if len(cls) == len(spatial) else None)
+
+
+def _token_norms(z: torch.Tensor) -> torch.Tensor:
+    """The norm over channels of every token ``(B, N)`` or every map position ``(B, H, W)``."""
+    return z.float().norm(dim=-1) if z.ndim == 3 else z.float().norm(dim=1)
+
+
+# --- Spatial localisation ------------------------------------------------------------------------
+
+def patches(x: torch.Tensor, side: int) -> list[torch.Tensor]:
+    """The images ``(B, C, H, W)`` cut into a ``side × side`` grid of non-overlapping patches, each
+    ``(B, C·h·w)``, in row-major order of the grid."""
+    if x.ndim != 4 or x.shape[2] % side or x.shape[3] % side:
+        raise ValueError(f"images of shape {tuple(x.shape)} do not split into a {side}x{side} grid of patches")
+    ph, pw = x.shape[2] // side, x.shape[3] // side
+    cols = F.unfold(x.float(), kernel_size=(ph, pw), stride=(ph, pw))  # (B, C*ph*pw, side²)
+    return list(cols.permute(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class Localisation:
+    """CKA between each grid position of one unit and each input patch.
+
+    ``cka[p, q]`` compares position ``p`` of the unit (row-major on the ``side × side`` grid) with
+    input patch ``q``; ``valid[q]`` is False where input patch ``q`` is (nearly) constant across the
+    images or the unit's position ``q`` is exactly constant (e.g. a stem's output over an empty
+    corner): those rows and columns are excluded from every score and masked in every map. ``hsic`` keeps the per-batch values for
+    :func:`bootstrap` and :func:`localisation_score`.
+    """
+
+    unit: UnitInfo
+    side: int
+    hsic: HSICBatches
+    valid: np.ndarray
+
+    @property
+    def cka(self) -> np.ndarray:
+        return self.hsic.cka()
+
+    def map(self, row: int, col: int) -> np.ma.MaskedArray:
+        """The ``side × side`` map of CKA between position ``(row, col)`` and every input patch,
+        masked where the patch or the position is constant (rows of invalid positions are all masked)."""
+        if not (0 <= row < self.side and 0 <= col < self.side):
+            raise ValueError(f"position ({row}, {col}) is outside the {self.side}x{self.side} grid")
+        p = row * self.side + col
+        mask = ~self.valid.reshape(self.side, self.side) | (not self.valid[p])
+        values = np.where(mask, 0.0, np.nan_to_num(self.cka[p].reshape(self.side, self.side)))
+        return np.ma.masked_array(values, mask=mask)
+
+
+def localisation_score(cka: np.ndarray, valid: np.ndarray) -> float:
+    """How much positions resemble their own input patch more than the others: the mean over
+    valid positions ``p`` of ``cka[p, p] − mean over valid q ≠ p of cka[p, q]``."""
+    v = np.flatnonzero(valid)
+    if v.size < 2:
+        raise ValueError("localisation needs at least 2 valid positions")
+    sub = cka[np.ix_(v, v)]
+    own = np.diag(sub)
+    others = (sub.sum(axis=1) - own) / (v.size - 1)
+    return float(np.mean(own - others))
+
+
+@torch.no_grad()
+def localisation(model: nn.Module, x: torch.Tensor, unit_indices: Sequence[int] | None = None,
+                 batch_size: int = 256, device: str | torch.device | None = None,
+                 progress: bool = True) -> list[Localisation]:
+    """Spatial localisation of the units ``unit_indices`` of ``model`` (default: every unit with a
+    spatial grid, i.e. all but the head) on the images ``x``.
+
+    The unit's output is taken as a grid (:func:`lib.blocks.as_grid`, CLS dropped); the images are
+    cut into the same grid of patches (28×28 images and a 7×7 grid give 4×4 patches, the ViT's own
+    patches). Patches whose self-HSIC is below :data:`MASK_SHARE` of the median patch's, and
+    positions whose features are constant, are masked (``Localisation.valid``). Units on a fine grid
+    cost ``side⁴`` HSIC pairs: pick them on purpose (a 28×28 grid is 614,656 pairs per batch).
+    """
+    device = torch.device(device or next(model.parameters()).device)
+    model.eval()
+    units = blocks_lib.blocks(model)
+    spatial = [i for i, u in enumerate(units) if u.kind != "head"]
+    chosen = spatial if unit_indices is None else [spatial[i] if i < 0 else i for i in unit_indices]
+    for i in chosen:
+        if i not in spatial:
+            raise ValueError(f"unit index {i} has no spatial grid; choose among {spatial}")
+    accs = {i: HSICAccumulator() for i in chosen}
+    sides: dict[int, int] = {}
+    parts = _batches(x, batch_size)
+    for xb in _progress(parts, len(parts), "localisation", progress):
+        _, outs = blocks_lib.run_blocks(units, xb.to(device), keep=True)
+        input_grams: dict[int, torch.Tensor] = {}
+        for i in chosen:
+            grid = blocks_lib.as_grid(outs[i]).float().cpu()
+            side = grid.shape[2]
+            if grid.shape[3] != side:
+                raise ValueError(f"unit {units[i].name} has a non-square {grid.shape[2]}x{grid.shape[3]} grid")
+            sides[i] = side
+            if side not in input_grams:
+                input_grams[side] = patches(xb.cpu(), side)
+            positions = list(grid.flatten(2).permute(2, 0, 1))  # side² tensors (B, C)
+            accs[i].add(positions, input_grams[side])
+    out = []
+    for i in chosen:
+        side = sides[i]
+        labels = [f"({r}, {c})" for r in range(side) for c in range(side)]
+        hsic = accs[i].result(labels, labels, allow_constant=True)
+        patch_self = hsic.self_b.mean(axis=0)
+        valid = (~accs[i].constant("a") & ~accs[i].constant("b")
+                 & (patch_self > MASK_SHARE * np.median(patch_self)))
+        out.append(Localisation(units[i].info, side, hsic, valid))
+    return out
