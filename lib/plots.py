@@ -153,3 +153,59 @@ def depth_profile(ax: Axes, units: Sequence[Any], values: Sequence[float], log: 
         ax.set_yscale("log")
     ax.set_xlabel("normalised depth")
     return ax
+
+
+def _unit_ticks(units: Sequence[Any], every: int = 1) -> tuple[list[int], list[str]]:
+    short = {"embed": "emb", "conv": "conv", "msa": "MSA", "mlp": "MLP", "pool": "pool", "head": "head"}
+    idx = list(range(0, len(units), every))
+    return idx, [short.get(units[i].kind, units[i].kind) for i in idx]
+
+
+def similarity_heatmap(ax: Axes, matrix: np.ndarray, rows: Sequence[Any], cols: Sequence[Any],
+                       title: str = "", vmin: float = 0.0, vmax: float = 1.0, colorbar: bool = True) -> Axes:
+    """A units × units similarity matrix (e.g. CKA) with the first unit at the bottom left, as
+    Raghu et al. draw it. ``rows`` and ``cols`` are the units (:class:`lib.blocks.UnitInfo`): tick
+    labels name each unit's kind in the kind's colour, and lines mark where a stage starts."""
+    matrix = np.asarray(matrix, dtype=float)
+    if matrix.shape != (len(rows), len(cols)):
+        raise ValueError(f"matrix of shape {matrix.shape} for {len(rows)} rows and {len(cols)} columns")
+    if not np.isfinite(matrix).all():
+        raise ValueError("the matrix holds NaN or infinite values; mask or remove them before plotting")
+    image = ax.imshow(matrix, origin="lower", cmap="magma", vmin=vmin, vmax=vmax, aspect="auto",
+                      interpolation="nearest")
+    for axis_units, set_ticks, get_labels in ((cols, ax.set_xticks, ax.get_xticklabels),
+                                             (rows, ax.set_yticks, ax.get_yticklabels)):
+        idx, names = _unit_ticks(axis_units)
+        set_ticks(idx, names, fontsize=7)
+        for lab, i in zip(get_labels(), idx):
+            lab.set_color(KIND_COLORS.get(axis_units[i].kind, "black"))
+    ax.tick_params(axis="x", labelrotation=90)
+    for i in range(1, len(cols)):
+        if cols[i].stage != cols[i - 1].stage:
+            ax.axvline(i - 0.5, color="white", lw=1)
+    for i in range(1, len(rows)):
+        if rows[i].stage != rows[i - 1].stage:
+            ax.axhline(i - 0.5, color="white", lw=1)
+    ax.grid(False)
+    if title:
+        ax.set_title(title, fontsize=11)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+    return ax
+
+
+def position_map(ax: Axes, values: np.ma.MaskedArray, position: tuple[int, int], title: str = "",
+                 vmin: float = 0.0, vmax: float = 1.0):
+    """A ``side × side`` map (e.g. the CKA of one token position with every input patch), masked
+    cells hatched grey, the token's own position outlined. Returns the image for a shared colorbar."""
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("#e0e0e0")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    r, c = position
+    ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="white", lw=2))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return image

@@ -13,7 +13,7 @@ those of 10,000 images do not. Each batch gives the *unbiased* estimate HSIC₁ 
 HSIC₁(L, L))`` over batches. Because HSIC₁ is unbiased, the average over batches estimates the
 population HSIC whatever the batch size (the biased estimator of Kornblith et al. 2019 would
 depend on it). :class:`HSICBatches` keeps the per-batch values, so intervals come from a
-bootstrap over batches (:func:`bootstrap`).
+bootstrap over batches (:func:`shared_batches` lays them out for :func:`lib.stats.bootstrap`).
 
 **Skip connections** (:func:`skip_ratios`): for a residual unit ``z + f(z)``, the ratio
 ``‖z‖ / ‖f(z)‖`` per token (or per feature-map position), the CLS token apart from the spatial
@@ -40,8 +40,6 @@ from tqdm import tqdm
 
 from . import blocks as blocks_lib
 from .blocks import UnitInfo
-from .stats import Estimate
-from . import stats
 
 MIN_BATCH = 4  # the unbiased HSIC divides by n(n − 3)
 DEGENERATE = 1e-9  # self-HSIC below this share of its scale: features constant across images
@@ -97,7 +95,7 @@ def hsic_pairs(ka: torch.Tensor, kb: torch.Tensor) -> torch.Tensor:
                          f"and {tuple(kb.shape)}")
     n = ka.shape[1]
     _check_batch(n)
-    trace = torch.einsum("uij,vij->uv", ka, kb)
+    trace = ka.reshape(ka.shape[0], -1) @ kb.reshape(kb.shape[0], -1).T  # tr(K̃L̃) for symmetric Grams
     rows_a, rows_b = ka.sum(dim=2), kb.sum(dim=2)
     total_a, total_b = rows_a.sum(dim=1), rows_b.sum(dim=1)
     value = (trace + torch.outer(total_a, total_b) / ((n - 1) * (n - 2))
@@ -172,7 +170,7 @@ class HSICBatches:
                                self.self_b[idx].mean(axis=0))
 
     def rows(self) -> np.ndarray:
-        """One row per batch holding its cross and self terms (what :func:`bootstrap` resamples)."""
+        """One row per batch holding its cross and self terms (what a bootstrap resamples)."""
         k = self.n_batches
         return np.concatenate([self.cross.reshape(k, -1), self.self_a, self.self_b], axis=1)
 
@@ -285,12 +283,23 @@ def _units(model: nn.Module, include_head: bool) -> list[blocks_lib.Block]:
 
 
 @torch.no_grad()
-def _unit_features(model: nn.Module, units: list[blocks_lib.Block], xb: torch.Tensor,
-                   device: torch.device) -> list[torch.Tensor]:
-    """The output of every unit on one batch. Raw outputs, CLS token included (it is part of what
-    the next unit sees), flattened later; the head keeps its logits."""
-    _, outs = blocks_lib.run_blocks(units, xb.to(device), keep=True)
-    return [o.float().cpu() for o in outs]
+def _unit_grams(model: nn.Module, units: list[blocks_lib.Block], xb: torch.Tensor,
+                device: torch.device) -> torch.Tensor:
+    """The zero-diagonal Gram matrix of every unit's output on one batch, ``(U, n, n)``.
+
+    Raw outputs, CLS token included (it is part of what the next unit sees); the head keeps its
+    logits. Each output is turned into its Gram matrix as soon as it is computed and then dropped,
+    so memory holds one unit's features at a time, not the whole model's.
+    """
+    z = xb.to(device)
+    out = []
+    for unit in units:
+        z = unit(z)
+        out.append(gram(z.float().cpu()))
+    _check_batch(xb.shape[0])
+    g = torch.stack(out)
+    g.diagonal(dim1=1, dim2=2).zero_()
+    return g
 
 
 @dataclass(frozen=True)
@@ -328,7 +337,7 @@ def models_cka(models: dict[str, nn.Module], x: torch.Tensor, pairs: Sequence[tu
     every unit's Gram matrix is computed once, however many comparisons use it.
 
     ``pairs`` name models of ``models``; ``(m, m)`` compares a model with itself. All results share
-    their image batches, so :func:`bootstrap` can compare them paired.
+    their image batches, so :func:`shared_batches` can compare them paired.
     """
     if not pairs:
         raise ValueError("models_cka() needs at least one pair to compare")
@@ -346,7 +355,7 @@ def models_cka(models: dict[str, nn.Module], x: torch.Tensor, pairs: Sequence[tu
     accs = {pair: HSICAccumulator() for pair in pairs}
     parts = _batches(x, batch_size)
     for xb in _progress(parts, len(parts), "CKA", progress):
-        gram_stacks = {name: grams(_unit_features(models[name], units[name], xb, device)) for name in used}
+        gram_stacks = {name: _unit_grams(models[name], units[name], xb, device) for name in used}
         for (a, b), acc in accs.items():
             acc.add_grams(gram_stacks[a], None if a == b else gram_stacks[b])
     out = {}
@@ -358,29 +367,44 @@ def models_cka(models: dict[str, nn.Module], x: torch.Tensor, pairs: Sequence[tu
     return out
 
 
-def bootstrap(results: Sequence[HSICBatches], statistic: Callable[..., float], n_resamples: int = 2000,
-              level: float = 0.95, seed: int = 0) -> Estimate:
-    """Seeded percentile bootstrap over image batches of ``statistic(cka_1, cka_2, ...)``.
+@dataclass(frozen=True)
+class SharedBatches:
+    """Several :class:`HSICBatches` from the same image batches, laid side by side for a bootstrap.
 
-    ``results`` must come from the same image batches (same order), so that one resample of batch
-    indices is applied to all of them: a contrast between two models on the same images is then a
-    paired comparison. ``statistic`` gets one CKA matrix per result and returns a float.
+    ``rows`` holds one row per batch (every result's cross and self terms); resampling rows
+    resamples the same batches for every result, so a contrast between two models on the same
+    images is a paired comparison. ``label`` names the rows for the test's description. Pass
+    ``rows`` and ``statistic(fn)`` to :func:`lib.stats.bootstrap`, which draws the resamples.
     """
+
+    results: tuple[HSICBatches, ...]
+    rows: np.ndarray
+    bounds: tuple[int, ...]
+    label: str
+
+    def statistic(self, fn: Callable[..., float]) -> Callable[[np.ndarray], float]:
+        """A statistic of resampled rows: ``fn(cka_1, cka_2, ...)`` with each result's CKA matrix
+        recomputed from the mean HSIC of the resampled batches, as the estimator itself does."""
+        def stat(sample: np.ndarray) -> float:
+            return float(fn(*(r.from_rows(sample[:, lo:hi]) for r, lo, hi in
+                              zip(self.results, self.bounds[:-1], self.bounds[1:]))))
+        return stat
+
+
+def shared_batches(results: Sequence[HSICBatches]) -> SharedBatches:
+    """Lay ``results`` side by side, batch by batch (see :class:`SharedBatches`). They must come
+    from the same image batches in the same order, e.g. from one :func:`models_cka` call."""
     if not results:
-        raise ValueError("bootstrap() needs at least one HSICBatches")
+        raise ValueError("shared_batches() needs at least one HSICBatches")
     sizes = {r.batch_sizes for r in results}
     if len(sizes) != 1:
         raise ValueError(f"results must come from the same batches, got batch sizes {sorted(sizes)}")
     parts = [r.rows() for r in results]
-    bounds = np.cumsum([0] + [p.shape[1] for p in parts])
-    rows = np.concatenate(parts, axis=1)
-
-    def stat(sample: np.ndarray) -> float:
-        return float(statistic(*(r.from_rows(sample[:, lo:hi]) for r, lo, hi in
-                                 zip(results, bounds[:-1], bounds[1:]))))
-
-    return stats.bootstrap(rows, stat, n_resamples=n_resamples, level=level, seed=seed,
-                           rows=f"batches of {results[0].batch_sizes[0]} images")
+    bounds = tuple(int(b) for b in np.cumsum([0] + [p.shape[1] for p in parts]))
+    label = f"batches of {results[0].batch_sizes[0]} images"
+    if len(results) > 1:
+        label += " (the same batches for both)" if len(results) == 2 else f" (the same batches for all {len(results)})"
+    return SharedBatches(tuple(results), np.concatenate(parts, axis=1), bounds, label)
 
 
 def block_mean(matrix: np.ndarray, rows: Sequence[int] | np.ndarray, cols: Sequence[int] | np.ndarray,
@@ -503,7 +527,7 @@ class Localisation:
     input patch ``q``; ``valid[q]`` is False where input patch ``q`` is (nearly) constant across the
     images or the unit's position ``q`` is exactly constant (e.g. a stem's output over an empty
     corner): those rows and columns are excluded from every score and masked in every map. ``hsic`` keeps the per-batch values for
-    :func:`bootstrap` and :func:`localisation_score`.
+    :func:`shared_batches` and :func:`localisation_score`.
     """
 
     unit: UnitInfo
@@ -562,19 +586,22 @@ def localisation(model: nn.Module, x: torch.Tensor, unit_indices: Sequence[int] 
     accs = {i: HSICAccumulator() for i in chosen}
     sides: dict[int, int] = {}
     parts = _batches(x, batch_size)
+    last = max(chosen)
     for xb in _progress(parts, len(parts), "localisation", progress):
-        _, outs = blocks_lib.run_blocks(units, xb.to(device), keep=True)
-        input_grams: dict[int, torch.Tensor] = {}
-        for i in chosen:
-            grid = blocks_lib.as_grid(outs[i]).float().cpu()
+        patch_grams: dict[int, torch.Tensor] = {}  # per grid side, computed once per batch
+        z = xb.to(device)
+        for i, unit in enumerate(units[:last + 1]):
+            z = unit(z)
+            if i not in accs:
+                continue
+            grid = blocks_lib.as_grid(z).float().cpu()
             side = grid.shape[2]
             if grid.shape[3] != side:
-                raise ValueError(f"unit {units[i].name} has a non-square {grid.shape[2]}x{grid.shape[3]} grid")
+                raise ValueError(f"unit {unit.name} has a non-square {grid.shape[2]}x{grid.shape[3]} grid")
             sides[i] = side
-            if side not in input_grams:
-                input_grams[side] = patches(xb.cpu(), side)
-            positions = list(grid.flatten(2).permute(2, 0, 1))  # side² tensors (B, C)
-            accs[i].add(positions, input_grams[side])
+            if side not in patch_grams:
+                patch_grams[side] = grams(patches(xb.cpu(), side))
+            accs[i].add_grams(grams(list(grid.flatten(2).permute(2, 0, 1))), patch_grams[side])  # side² positions (B, C)
     out = []
     for i in chosen:
         side = sides[i]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import blocks, models, similarity
+from lib import blocks, models, similarity, stats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -207,22 +207,28 @@ def test_model_cka_folds_a_tiny_last_batch_and_rejects_small_batch_sizes(nets):
         similarity.model_cka(nets["resnet"], images(18), batch_size=3, progress=False)
 
 
-def test_bootstrap_over_batches_is_seeded_and_paired(nets):
+def test_bootstrap_over_shared_batches_is_seeded_and_paired(nets):
     x = images(48)
     a = similarity.model_cka(nets["vit"], x, batch_size=8, progress=False).hsic
     b = similarity.model_cka(nets["resnet"], x, batch_size=8, progress=False).hsic
-    stat = lambda ma, mb: ma[0, -1] - mb[0, -1]  # noqa: E731
-    est = similarity.bootstrap([a, b], stat, n_resamples=200, seed=3)
-    again = similarity.bootstrap([a, b], stat, n_resamples=200, seed=3)
+    contrast = lambda ma, mb: ma[0, -1] - mb[0, -1]  # noqa: E731
+    shared = similarity.shared_batches([a, b])
+    assert shared.rows.shape[0] == 6 and "same batches" in shared.label
+    est = stats.bootstrap(shared.rows, shared.statistic(contrast), n_resamples=200, seed=3, rows=shared.label)
+    again = stats.bootstrap(shared.rows, shared.statistic(contrast), n_resamples=200, seed=3, rows=shared.label)
     assert est == again
     assert est.value == pytest.approx(a.cka()[0, -1] - b.cka()[0, -1])
     assert est.low <= est.value <= est.high and est.n == 6
+    # resampling batch 0 six times gives that batch's own CKA
+    only_first = shared.statistic(contrast)(shared.rows[[0] * 6])
+    assert only_first == pytest.approx(a.cka(np.array([0]))[0, -1] - b.cka(np.array([0]))[0, -1])
     # a contrast of a result with itself has no spread at all: the batches are resampled together
-    zero = similarity.bootstrap([a, a], stat, n_resamples=200)
+    same = similarity.shared_batches([a, a])
+    zero = stats.bootstrap(same.rows, same.statistic(contrast), n_resamples=200)
     assert zero.low == zero.high == 0.0
     c = similarity.model_cka(nets["vit"], images(40), batch_size=8, progress=False).hsic
     with pytest.raises(ValueError, match="same batches"):
-        similarity.bootstrap([a, c], stat)
+        similarity.shared_batches([a, c])
 
 
 def test_depth_groups_and_block_mean():
