@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -299,6 +301,29 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@contextmanager
+def _spatial_units_on(model: nn.Module, x: Tensor, batch_size: int, device: str | torch.device | None
+                      ) -> Iterator[tuple[list, torch.device]]:
+    """The model's non-head units and the device to run on, with the model in eval mode there.
+
+    Checks ``x`` and ``batch_size`` first; on exit the model's train/eval mode is restored and, if
+    it was moved to ``device``, it goes back where its parameters were.
+    """
+    units = [u for u in blocks(model) if u.kind != "head"]
+    _as_maps(x, "x")
+    check_positive_int(batch_size, "batch_size")
+    home = model_device(model)
+    target = home if device is None else torch.device(device)
+    was_training = model.training
+    try:
+        model.to(target).eval()
+        yield units, target
+    finally:
+        model.train(was_training)
+        if device is not None:
+            model.to(home)
+
+
 def unit_profiles(model: nn.Module, x: Tensor, batch_size: int = 128, device: str | torch.device | None = None,
                   progress: bool = True) -> list[UnitProfile]:
     """Δ log amplitude profile of every unit of a zoo model, for Park & Kim's Figs. 2a and 8.
@@ -319,31 +344,18 @@ def unit_profiles(model: nn.Module, x: Tensor, batch_size: int = 128, device: st
         TypeError: ``model`` is not a zoo model (see :func:`lib.blocks.blocks`).
         ValueError: ``x`` is not a non-empty batch of square images, or a bad ``batch_size``.
     """
-    units = [u for u in blocks(model) if u.kind != "head"]
-    _as_maps(x, "x")
-    check_positive_int(batch_size, "batch_size")
-    home = model_device(model)
-    target = home if device is None else torch.device(device)
-    was_training = model.training
-    sums: list[Tensor | None] = [None] * (len(units) + 1)  # [input, unit 0, unit 1, ...]
-    counts = [0] * (len(units) + 1)
-    chunks = x.split(batch_size)
-    try:
-        model.to(target).eval()
-        with torch.no_grad():
-            for xb in tqdm(chunks, desc="unit spectra", unit="batch", file=sys.stderr, disable=not progress):
-                h = xb.to(target)
-                for i in range(len(units) + 1):
-                    if i:  # accumulate as we go: no unit's output is kept longer than needed
-                        h = units[i - 1](h)
-                    maps = _as_maps(h, f"the output of {units[i - 1].name!r}" if i else "x")
-                    s = _log_amplitude_sum(maps)
-                    sums[i] = s if sums[i] is None else sums[i] + s
-                    counts[i] += maps.shape[0] * maps.shape[1]
-    finally:
-        model.train(was_training)
-        if device is not None:
-            model.to(home)
+    with _spatial_units_on(model, x, batch_size, device) as (units, target), torch.no_grad():
+        sums: list[Tensor | None] = [None] * (len(units) + 1)  # [input, unit 0, unit 1, ...]
+        counts = [0] * (len(units) + 1)
+        for xb in tqdm(x.split(batch_size), desc="unit spectra", unit="batch", file=sys.stderr, disable=not progress):
+            h = xb.to(target)
+            for i in range(len(units) + 1):
+                if i:  # accumulate as we go: no unit's output is kept longer than needed
+                    h = units[i - 1](h)
+                maps = _as_maps(h, f"the output of {units[i - 1].name!r}" if i else "x")
+                s = _log_amplitude_sum(maps)
+                sums[i] = s if sums[i] is None else sums[i] + s
+                counts[i] += maps.shape[0] * maps.shape[1]
     means = [(s / n).cpu() for s, n in zip(sums, counts)]
     profiles = [_profile(m, n) for m, n in zip(means, counts)]
     return [UnitProfile(info=u.info, profile=profiles[i + 1],
@@ -393,26 +405,14 @@ def high_frequency_changes(model: nn.Module, x: Tensor, batch_size: int = 128,
         TypeError: ``model`` is not a zoo model (see :func:`lib.blocks.blocks`).
         ValueError: ``x`` is not a non-empty batch of square images, or a bad ``batch_size``.
     """
-    units = [u for u in blocks(model) if u.kind != "head"]
-    _as_maps(x, "x")
-    check_positive_int(batch_size, "batch_size")
-    home = model_device(model)
-    target = home if device is None else torch.device(device)
-    was_training = model.training
-    rows = []
-    try:
-        model.to(target).eval()
-        with torch.no_grad():
-            for xb in tqdm(x.split(batch_size), desc="high-frequency changes", unit="batch", file=sys.stderr,
-                           disable=not progress):
-                h = xb.to(target)
-                highs = [_high_per_image(_as_maps(h, "x"))]
-                for u in units:
-                    h = u(h)
-                    highs.append(_high_per_image(_as_maps(h, f"the output of {u.name!r}")))
-                rows.append(torch.diff(torch.stack(highs, dim=1), dim=1))
-    finally:
-        model.train(was_training)
-        if device is not None:
-            model.to(home)
+    with _spatial_units_on(model, x, batch_size, device) as (units, target), torch.no_grad():
+        rows = []
+        for xb in tqdm(x.split(batch_size), desc="high-frequency changes", unit="batch", file=sys.stderr,
+                       disable=not progress):
+            h = xb.to(target)
+            highs = [_high_per_image(_as_maps(h, "x"))]
+            for u in units:
+                h = u(h)
+                highs.append(_high_per_image(_as_maps(h, f"the output of {u.name!r}")))
+            rows.append(torch.diff(torch.stack(highs, dim=1), dim=1))
     return [u.info for u in units], torch.cat(rows).numpy()
