@@ -14,7 +14,7 @@ LAYERS: dict[str, int] = {
     "blocks": 2,
     "recipe": 3, "runstate": 3, "trajectory": 3, "train": 3, "catalog": 3, "runner": 3, "zoo": 3,
     "landscape": 4, "hessian": 4, "fourier": 4, "perturbations": 4, "features": 4, "alternet": 4, "summary": 4,
-    "similarity": 4, "attention": 4,
+    "similarity": 4, "attention": 4, "featurevis": 4,
     "plots": 5, "stats": 5, "claims": 5, "notebook": 5,
 }
 
