@@ -20,7 +20,12 @@ ZOO_ARGS ?=
 
 setup: $(STAMP) data
 
+# The pins (numpy 2.4, torch 2.15, ...) have wheels for Python 3.11 and newer only: say so up front
+# rather than fail deep inside pip.
 $(STAMP): requirements.txt
+	@command -v $(PYTHON) >/dev/null \
+	  || { echo "error: no $(PYTHON) found; install Python 3.11 or newer, or name one with make PYTHON=..." >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v >= (3, 11) else "error: this book needs Python 3.11 or newer (the pinned packages, e.g. numpy==2.4.6, have no wheels for Python %d.%d); install one and run make PYTHON=python3.11 ..." % v)'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -48,7 +53,8 @@ test-threads: setup
 	for n in 1 4; do OMP_NUM_THREADS=$$n MKL_NUM_THREADS=$$n $(PY) -m pytest --nbval \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 chapters || exit 1; done
 
-book: setup html
+# The HTML is built from the stored outputs: it needs the packages, not the data.
+book: $(STAMP) html
 
 # Build the HTML from the stored outputs (no execution), warnings as errors; MathJax served locally.
 html:
