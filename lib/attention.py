@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from . import blocks as blocks_lib
 from .blocks import AboutUnit, UnitInfo
-from .models import Classifier, MSABlock, PreActResNet
+from .models import Classifier, MSABlock, PreActResNet, eval_mode
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,18 +159,15 @@ def attention_maps(model: nn.Module, x: torch.Tensor, device: str | torch.device
     """
     units = attention_units(model)
     device = _device_of(model, device)
-    was_training = model.training
-    model.eval()
     seen: dict[int, torch.Tensor] = {}
     hooks = [u.module.attn_drop.register_forward_hook(
         lambda _m, _i, out, k=k: seen.__setitem__(k, out.detach())) for k, u in enumerate(units)]
     try:
-        with explicit_attention(model):
+        with eval_mode(model), explicit_attention(model):
             logits = model(x.to(device))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     if len(seen) != len(units):
         raise RuntimeError(f"saw attention in {len(seen)} of {len(units)} units; the hooks missed some")
     b = x.shape[0]
@@ -463,6 +460,16 @@ class HeadImportance:
         return [(u, h) for u, unit in enumerate(self.units) for h in range(unit.heads)]
 
 
+def _labelled_batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                      device: str | torch.device | None) -> tuple[list[AttentionUnit], torch.device, list]:
+    """Check images, labels and batch size; the model's attention units, its device and the
+    ``(images, labels)`` batches, for the analyses that score heads on labelled images."""
+    _check_images(x)
+    _check_batch_size(batch_size)
+    _check_labels(x, y)
+    return attention_units(model), _device_of(model, device), list(zip(x.split(batch_size), y.split(batch_size)))
+
+
 def _per_image_loss(logits: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     loss = F.cross_entropy(logits.float(), y, reduction="none")
     return loss.cpu().double().numpy(), (logits.argmax(dim=1) == y).cpu().double().numpy()
@@ -477,19 +484,12 @@ def head_importance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     there (the units before it are unchanged by the mask), so masking a head late in the model
     costs only the rest of the model.
     """
-    _check_images(x)
-    _check_batch_size(batch_size)
-    _check_labels(x, y)
-    units = attention_units(model)
-    device = _device_of(model, device)
-    was_training = model.training
-    model.eval()
+    units, device, batches = _labelled_batches(model, x, y, batch_size, device)
     all_units = blocks_lib.blocks(model)
     rises: list[list[np.ndarray]] = [[] for _ in units]
     drops: list[list[np.ndarray]] = [[] for _ in units]
     clean_losses, clean_correct = [], []
-    batches = list(zip(x.split(batch_size), y.split(batch_size)))
-    try:
+    with eval_mode(model):
         for xb, yb in _progress(batches, len(batches), "head importance", progress):
             xb, yb = xb.to(device), yb.to(device)
             logits, outs = blocks_lib.run_blocks(all_units, xb, keep=True)
@@ -508,8 +508,6 @@ def head_importance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
                     drop.append(ok0 - ok)
                 rises[k].append(np.stack(rise, axis=1))
                 drops[k].append(np.stack(drop, axis=1))
-    finally:
-        model.train(was_training)
     return HeadImportance(units, [np.concatenate(r) for r in rises], [np.concatenate(d) for d in drops],
                           np.concatenate(clean_losses), np.concatenate(clean_correct))
 
@@ -522,16 +520,9 @@ def gradient_importance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batc
     image's cross-entropy with respect to its gate estimates, to first order, the loss change of
     removing the head (Michel et al. 2019). Its mean over images is the proxy ``E|∂L/∂ξ_h|``.
     """
-    _check_images(x)
-    _check_batch_size(batch_size)
-    _check_labels(x, y)
-    units = attention_units(model)
-    device = _device_of(model, device)
-    was_training = model.training
-    model.eval()
+    units, device, batches = _labelled_batches(model, x, y, batch_size, device)
     out: list[list[np.ndarray]] = [[] for _ in units]
-    batches = list(zip(x.split(batch_size), y.split(batch_size)))
-    try:
+    with eval_mode(model):
         for xb, yb in _progress(batches, len(batches), "gradient proxy", progress):
             xb, yb = xb.to(device), yb.to(device)
             gates = [torch.ones(xb.shape[0], u.heads, device=device, requires_grad=True) for u in units]
@@ -551,8 +542,6 @@ def gradient_importance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batc
                     h.remove()
             for k, g in enumerate(grads):
                 out[k].append(g.abs().detach().cpu().double().numpy())
-    finally:
-        model.train(was_training)
     return [np.concatenate(o) for o in out]
 
 
@@ -594,17 +583,13 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, order: Seq
     if any(not 0 <= k <= len(order) for k in steps):
         raise ValueError(f"steps must lie in [0, {len(order)}] (the heads in order), got {steps}")
     device = _device_of(model, device)
-    was_training = model.training
-    model.eval()
     rows = []
-    try:
+    with eval_mode(model):
         for k in _progress(steps, len(steps), "pruning", progress):
             with masked_heads(model, order[:k]):
                 ok = [(model(xb.to(device)).argmax(dim=1).cpu() == yb).double().numpy()
                       for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
             rows.append(np.concatenate(ok))
-    finally:
-        model.train(was_training)
     return PruningCurve(np.array(steps), np.stack(rows), list(order))
 
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from . import blocks as blocks_lib
 from .blocks import as_grid
-from .models import Classifier, PreActResNet
+from .models import Classifier, PreActResNet, eval_mode
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -87,17 +87,6 @@ def _check_neurons(model: nn.Module, neurons: Sequence[Neuron]) -> dict[str, tup
         if not 0 <= n.index < units[n.unit][1]:
             raise ValueError(f"{n.unit} has neurons 0..{units[n.unit][1] - 1}, got {n.index}")
     return units
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode inside the block, its own mode restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _spatial_mean(z: torch.Tensor) -> torch.Tensor:
@@ -268,7 +257,7 @@ def top_images(model: nn.Module, neurons: Sequence[Neuron], x: torch.Tensor, k: 
     """The ``k`` images of ``x`` that activate each neuron most: indices and activations ``(K, k)``."""
     if not 1 <= k <= x.shape[0]:
         raise ValueError(f"k must lie in [1, {x.shape[0]}] (the number of images), got {k}")
-    with _eval_mode(model):
+    with eval_mode(model):
         acts = torch.cat([neuron_activations(model, neurons, xb) for xb in x.split(batch_size)])  # (B, K)
     values, idx = acts.T.topk(k, dim=1)
     return idx.numpy(), values.numpy()
@@ -278,7 +267,7 @@ def top_images(model: nn.Module, neurons: Sequence[Neuron], x: torch.Tensor, k: 
 def activation_maps(model: nn.Module, neurons: Sequence[Neuron], x: torch.Tensor) -> list[np.ndarray]:
     """Patch-wise (or position-wise) activation of each neuron on each image: one array
     ``(B, side, side)`` per neuron (neurons of different stages have maps of different sizes)."""
-    with _eval_mode(model):
+    with eval_mode(model):
         return [neuron_activations(model, [n], x, spatial=True)[:, 0].numpy() for n in neurons]
 
 
@@ -290,7 +279,7 @@ def neuron_spread(model: nn.Module, unit: str, x: torch.Tensor, batch_size: int 
     if x.shape[0] < 2:
         raise ValueError(f"a spread over images needs at least 2 images, got {x.shape[0]}")
     rows = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for xb in x.split(batch_size):
             with _captured(model, units, {unit}) as seen:
                 _run_through(model, {unit}, xb)
@@ -347,7 +336,7 @@ def position_probe(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor
     if isinstance(model.net, PreActResNet):
         raise ValueError("position_probe reads token positions; it applies to vit, vit_local3, vit_local5 and pit")
     units = [u for u in blocks_lib.blocks(model) if u.kind != "head"]
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         _, train_outs = blocks_lib.run_blocks(units, x_train, keep=True)
         _, test_outs = blocks_lib.run_blocks(units, x_test, keep=True)
     names, correct, chance = [], [], None
@@ -442,7 +431,7 @@ def isolated_cls(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
     if model.arch != "vit":
         raise ValueError(f"isolated_cls applies to the global 'vit' only, got {model.arch!r}")
     rows = []
-    with _eval_mode(model):
+    with eval_mode(model):
         clean = correct()
         for b in tqdm(range(len(model.net.blocks)), desc="CLS isolation", leave=False, disable=not progress,
                       file=sys.stderr):
