@@ -154,11 +154,23 @@ def _unique(claims: Iterable[Claim]) -> list[Claim]:
     return claims
 
 
+def _skip_glue(name: str, value: Any, display: bool = True) -> None:
+    """Glue nothing: without MyST-NB (Colab) there is no book build to paste into."""
+
+
 def _glue_fn(glue: GlueFn | None) -> GlueFn:
+    """``glue`` if given, else MyST-NB's; a no-op where MyST-NB is not installed.
+
+    Gluing only feeds the book's build (the values are stored invisibly in the notebook), so a
+    reader running a chapter on Colab, which lacks MyST-NB, loses nothing visible without it and
+    need not install it with its Sphinx dependencies.
+    """
     if glue is not None:
         return glue
-    from myst_nb import glue as myst_glue  # only where a notebook glues
-
+    try:
+        from myst_nb import glue as myst_glue  # only where a notebook glues
+    except ModuleNotFoundError:
+        return _skip_glue
     return myst_glue
 
 

@@ -1,4 +1,6 @@
 """Claims, verdicts by a stated rule, the claims table and the glued strings."""
+import sys
+
 import pytest
 
 from lib import claims, stats
@@ -129,3 +131,14 @@ def test_module_stays_free_of_torch_and_matplotlib():
              for a in getattr(n, "names", [])} | {
         (n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not names & {"torch", "matplotlib"}
+
+
+def test_gluing_without_myst_nb_is_a_silent_no_op(monkeypatch):
+    """On Colab MyST-NB is absent: gluing must neither fail nor need it installed."""
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # makes `import myst_nb` raise
+    with pytest.raises(ModuleNotFoundError):
+        import myst_nb  # noqa: F401
+    claims.glue_number("x", 1.5, 2)
+    claims.glue_text("y", "text")
+    glued = claims.glue_claims([judge("k", "p", "s", "f", ABOVE, "positive")])
+    assert glued["k_verdict"] == "reproduced"
