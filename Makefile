@@ -2,6 +2,8 @@
 #   make test     set up (.venv, packages, data) and run every test
 #   make test-threads  the chapters' stored outputs checked with 1 and with 4 threads
 #   make book     set up and build the HTML book from the stored outputs
+#   make pdf      build the book and print it into one PDF, _build/pdf/how-vits-work.pdf
+#   make colab-check  run every chapter alone as on Colab, against the latest torch/torchvision/timm
 #   make execute  re-execute the chapters in place (after lib or checkpoint changes)
 #   make zoo      train what the zoo lacks with the full recipe, restartably, in priority order
 #                 (GPU recommended; JOBS=n trainings at once, ZOO_ARGS="--set core" and so on)
@@ -16,7 +18,7 @@ DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 JOBS ?= 1
 ZOO_ARGS ?=
 
-.PHONY: setup data test test-threads book html browser-check execute zoo ablations bench clean
+.PHONY: setup data test test-threads book html pdf browser-check colab-check execute zoo ablations bench clean
 
 setup: $(STAMP) data
 
@@ -41,10 +43,13 @@ data: $(STAMP)
 	$(PY) -c "from lib import data; data.ensure_fashion_mnist()"
 
 # The library tests, the chapters re-executed and compared with their stored outputs (nbval),
-# then the book built and every page checked in a headless browser with no network.
+# one chapter run alone as on Colab (make colab-check runs them all), then the book built and
+# every page checked in a headless browser with no network.
+COLAB_TEST_CHAPTER := chapters/07_representations.ipynb
 test: setup
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 chapters
+	$(PY) tools/colab_check.py $(COLAB_TEST_CHAPTER)
 	$(MAKE) --no-print-directory browser-check
 
 # The stored outputs must reproduce on a reader's machine too, whatever its number of cores: the
@@ -61,9 +66,25 @@ html:
 	bash tools/fetch_mathjax.sh
 	$(VENV)/bin/jupyter-book build --warningiserror --keep-going .
 
-browser-check: html
+# The whole book in one PDF: the single-page build (its own Sphinx environment under _build/print)
+# printed by the headless Chromium of the browser check, with no network.
+pdf: $(STAMP) html
+	bash tools/install_browser.sh
+	$(VENV)/bin/jupyter-book build --builder singlehtml --path-output _build/print \
+	  --warningiserror --keep-going .
+	$(PY) tools/print_book.py _build/print/_build/singlehtml -o _build/pdf/how-vits-work.pdf
+
+browser-check: html pdf
 	bash tools/install_browser.sh
 	$(PY) tools/check_book.py _build/html --screenshot chapters/01_model_zoo.html
+	$(PY) tools/check_pdf.py _build/pdf/how-vits-work.pdf --html _build/print/_build/singlehtml
+
+# Each chapter copied out of the repository and run alone the way Colab runs it: a fresh venv with
+# the latest torch, torchvision and timm (not the pins), a stand-in google.colab module, and the
+# setup cell cloning this checkout's committed state (HOWVITS_REPO_URL). CHAPTERS=... for some.
+CHAPTERS ?= chapters/*.ipynb
+colab-check: setup
+	$(PY) tools/colab_check.py $(CHAPTERS)
 
 # Re-execute every chapter in place on this machine (CPU), as the stored outputs must be.
 execute: setup

@@ -11,6 +11,7 @@ checks on each page that:
 - math is typeset: where the page has Sphinx math markup (class "math"), MathJax has produced
   mjx-container elements, shows no error (merror) and leaves no raw TeX delimiters visible;
 - no Python traceback is shown (the text "Traceback (most recent call last)" or error outputs);
+- no code block scrolls sideways and the page is no wider than the window (code fits the column);
 - every internal link (relative or same-origin) leads to an existing file, and its #fragment, if
   any, to an element with that id (or name) on the target page;
 - nothing is fetched from any host but the local server (every other request is blocked and
@@ -129,6 +130,19 @@ TRACEBACK_JS = r"""
   const n = document.querySelectorAll(sel.join(', ')).length;
   if (n) found.push(`${n} error output(s) (a cell shows an exception)`);
   return found;
+}
+"""
+
+# Code must fit the text column: a code block that scrolls sideways, or a page wider than the window.
+OVERFLOW_JS = r"""
+() => {
+  const wide = Array.from(document.querySelectorAll('div.highlight pre'))
+      .filter(p => p.offsetParent !== null && p.scrollWidth > p.clientWidth + 1)
+      .map(p => p.textContent.split('\n').reduce((a, l) => (l.length > a.length ? l : a), '')
+                 .trim().slice(0, 60));
+  const page = document.documentElement.scrollWidth > window.innerWidth + 1
+      ? [`page ${document.documentElement.scrollWidth}px wide in a ${window.innerWidth}px window`] : [];
+  return {wide, page};
 }
 """
 
@@ -364,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
             current.extend(_capped("MathJax error", math["errors"]))
         page.evaluate(FONTS_READY_JS)  # web fonts (theme icons, MathJax) requested and loaded
         current.extend(f"Python traceback shown: {found}" for found in page.evaluate(TRACEBACK_JS))
+        overflow = page.evaluate(OVERFLOW_JS)
+        current.extend(_capped("code block scrolls sideways", overflow["wide"]))
+        current.extend(overflow["page"])
         links = page.evaluate(LINKS_JS)
         dom_ids = set(page.evaluate(DOM_IDS_JS))
         current.extend(check_links(links, rel, dom_ids, origin, root))

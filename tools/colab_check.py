@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 # and the notebook runner. Not MyST-NB, Sphinx or anything else of the book's build.
 COLAB_PACKAGES = ["torch", "torchvision", "timm", "numpy", "scipy", "matplotlib", "seaborn",
                   "pandas", "tqdm", "ipykernel", "nbclient", "nbformat"]
-REPORTED = ["torch", "torchvision", "timm", "numpy"]
+REPORTED = ["torch", "torchvision", "timm", "numpy", "scipy", "matplotlib", "pandas"]
 RERUN_CELLS = 3  # after the restart: the setup cell, the settings and the first analysis cell
 
 # Run by the environment's own Python: execute the notebook, then restart and rerun its first
