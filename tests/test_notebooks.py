@@ -61,6 +61,7 @@ def test_conventions(path):
     urls = re.findall(r'REPO_URL = .*"(https://[^"]+)"', setup)
     assert urls == [_config_repository_url()], "the Colab clone URL must be the one in _config.yml"
     assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code), "no `parameters` cell"
+    assert "hide-input" in code[0].get("metadata", {}).get("tags", []), "the setup cell is folded in the book"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
@@ -154,3 +155,65 @@ def test_a_failed_setup_step_says_which_and_what_to_do(tmp_path, tool):
     message = proc.stderr.strip().splitlines()
     assert any(line.startswith(f"RuntimeError: setup failed at: {tool}") for line in message), proc.stderr
     assert "internet" in proc.stderr and "run this cell again" in proc.stderr
+
+
+def _markdown(cell: dict) -> str:
+    return "".join(cell["source"]) if cell["cell_type"] == "markdown" else ""
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_opens_with_learning_goals_and_run_times(path):
+    cells = json.loads(path.read_text())["cells"]
+    goals = _markdown(cells[1])
+    assert goals.startswith("**Learning goals.**"), f"{path.name}: the cell after the title states the goals"
+    assert goals.count("\n- ") >= 2, f"{path.name}: goals are a list"
+    run_time = goals.split("**Run time.**", 1)[-1]
+    assert "**Run time.**" in goals and "CPU" in run_time and "GPU" in run_time, \
+        f"{path.name}: a run-time estimate for a CPU and for a GPU"
+
+
+EXERCISE = re.compile(r"^```\{exercise\} (?P<title>.+)\n:label: (?P<label>[\w-]+)\n", re.MULTILINE)
+SOLUTION_START = re.compile(r"^```\{solution-start\} (?P<label>[\w-]+)\n:class: dropdown\n```$")
+
+
+def _exercises(path: Path) -> list[dict]:
+    """Each exercise of a chapter: its label, text and the cells of its solution."""
+    cells = json.loads(path.read_text())["cells"]
+    found = []
+    for i, cell in enumerate(cells):
+        match = EXERCISE.match(_markdown(cell))
+        if not match:
+            continue
+        start = SOLUTION_START.match(_markdown(cells[i + 1])) if i + 1 < len(cells) else None
+        end = next((j for j in range(i + 1, len(cells)) if _markdown(cells[j]).startswith("```{solution-end}")),
+                   None)
+        found.append({"label": match["label"], "text": _markdown(cell),
+                      "start": start["label"] if start else None,
+                      "solution": cells[i + 2:end] if start and end else []})
+    return found
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_exercises_ask_for_a_prediction_and_have_hidden_runnable_solutions(path):
+    cells = json.loads(path.read_text())["cells"]
+    assert any(_markdown(c).startswith("## Exercises") for c in cells), f"{path.name}: no Exercises section"
+    exercises = _exercises(path)
+    assert len(exercises) >= 2, f"{path.name}: at least two exercises"
+    for ex in exercises:
+        assert "**Predict first:**" in ex["text"], f"{path.name} {ex['label']}: asks for a prediction first"
+        assert ex["start"] == ex["label"], f"{path.name} {ex['label']}: followed by its dropdown solution"
+        code = [c for c in ex["solution"] if c["cell_type"] == "code"]
+        assert code and all(c["outputs"] for c in code), \
+            f"{path.name} {ex['label']}: the solution runs (a code cell, stored with its output)"
+        assert any(c["cell_type"] == "markdown" for c in ex["solution"]), \
+            f"{path.name} {ex['label']}: the solution explains its result"
+
+
+def test_exercise_labels_are_unique_across_the_book():
+    labels = [ex["label"] for path in CHAPTERS for ex in _exercises(path)]
+    assert len(labels) == len(set(labels)), sorted(label for label in labels if labels.count(label) > 1)
+
+
+def test_the_exercise_extension_is_pinned_and_enabled():
+    assert "sphinx-exercise==" in (REPO / "requirements.txt").read_text()
+    assert re.search(r"extra_extensions:\s*\n\s+- sphinx_exercise", (REPO / "_config.yml").read_text())
