@@ -37,6 +37,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -284,6 +285,24 @@ def check_links(links, page_rel: str, page_dom_ids: set[str], origin: str, root:
     return failures
 
 
+def browser_tools(name: str) -> tuple[str, Any, type[Exception]] | None:
+    """The Chromium executable ``name`` names (a path or a command on PATH) and Playwright's
+    ``sync_playwright`` and ``Error``; None, with the fix printed, when either is missing."""
+    chromium = shutil.which(name) or name
+    if not Path(chromium).is_file():
+        print(f"error: no Chromium at {name}: run tools/install_browser.sh "
+              "(Debian: apt-get install chromium) or pass --chromium", file=sys.stderr)
+        return None
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        print("error: the playwright package is missing: .venv/bin/pip install -r requirements.txt",
+              file=sys.stderr)
+        return None
+    return chromium, sync_playwright, PlaywrightError
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("html_dir", type=Path, help="the built HTML folder, e.g. _build/html")
@@ -301,18 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.html_dir} has no HTML pages: build the book first (make book)",
               file=sys.stderr)
         return 2
-    chromium = shutil.which(args.chromium) or args.chromium
-    if not Path(chromium).is_file():
-        print(f"error: no Chromium at {args.chromium}: run tools/install_browser.sh "
-              "(Debian: apt-get install chromium) or pass --chromium", file=sys.stderr)
+    browser = browser_tools(args.chromium)
+    if browser is None:
         return 2
-    try:
-        from playwright.sync_api import Error as PlaywrightError
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        print("error: the playwright package is missing: .venv/bin/pip install -r requirements.txt",
-              file=sys.stderr)
-        return 2
+    chromium, sync_playwright, PlaywrightError = browser
 
     pages = find_pages(root)
     wanted_shots = [s.removeprefix("./") for s in args.screenshot]

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import html
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -243,18 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}: build the single-page book first: make pdf, or "
               f"bash tools/fetch_mathjax.sh && {BUILD_COMMAND}", file=sys.stderr)
         return 2
-    chromium = shutil.which(args.chromium) or args.chromium
-    if not Path(chromium).is_file():
-        print(f"error: no Chromium at {args.chromium}: run tools/install_browser.sh "
-              "(Debian: apt-get install chromium) or pass --chromium", file=sys.stderr)
+    browser = check_book.browser_tools(args.chromium)
+    if browser is None:
         return 2
-    try:
-        from playwright.sync_api import Error as PlaywrightError
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        print("error: the playwright package is missing: .venv/bin/pip install -r requirements.txt",
-              file=sys.stderr)
-        return 2
+    chromium, sync_playwright, PlaywrightError = browser
     out = args.output.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
 
