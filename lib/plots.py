@@ -82,17 +82,21 @@ def kind_legend(fig: Figure, kinds: Iterable[str] = ("embed", "conv", "msa", "ml
 
 def history_curves(records: Sequence[dict[str, Any]], axes: Sequence[Axes] | None = None,
                    linestyle: str = "-") -> Figure:
-    """Test accuracy and test NLL per epoch for checkpoint records, one colour per model."""
+    """Test accuracy and test NLL per epoch for checkpoint records, one colour per model.
+
+    Only the epochs whose test set was measured are drawn (runs on a subset measure every few).
+    """
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     fig = axes[0].figure
     for rec in records:
-        epochs = [h["epoch"] for h in rec["history"]]
+        measured = [h for h in rec["history"] if "test_acc" in h]
+        epochs = [h["epoch"] for h in measured]
         color = MODEL_COLORS.get(rec["model"])
         name = label(rec["model"]) + (f" ({rec['subset']:.0%} data)" if rec.get("subset") else "")
-        axes[0].plot(epochs, [h["test_acc"] for h in rec["history"]], linestyle, marker="o", ms=3,
+        axes[0].plot(epochs, [h["test_acc"] for h in measured], linestyle, marker="o", ms=3,
                      color=color, label=name)
-        axes[1].plot(epochs, [h["test_loss"] for h in rec["history"]], linestyle, marker="o", ms=3,
+        axes[1].plot(epochs, [h["test_loss"] for h in measured], linestyle, marker="o", ms=3,
                      color=color, label=name)
     axes[0].set(xlabel="epoch", ylabel="test accuracy (%)")
     axes[1].set(xlabel="epoch", ylabel="test NLL")

@@ -53,7 +53,7 @@ from . import catalog, data, models, runstate
 from .metrics import evaluate
 from .io import atomic_torch_save, half_state_dict, load_half_state_dict
 from .recipe import (FULL_RECIPE, RECIPE_TYPES, Recipe, add_recipe_arguments, fraction, lr_factor,
-                     param_groups, recipe_from_args)
+                     param_groups, recipe_from_args, zoo_recipe)
 from .runstate import resume_path, run_lock, trajectory_path
 from .trajectory import SnapshotFolder, flat_parameters
 
@@ -95,7 +95,33 @@ def _set_rng_state(state: dict[str, Any], order: torch.Generator, aug: torch.Gen
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-#: Models with convolutions throughout: channels-last memory on CUDA makes their kernels faster.
+def training_step(step_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  schedule: torch.optim.lr_scheduler.LRScheduler, xb: torch.Tensor, yb: torch.Tensor,
+                  recipe: Recipe, aug_gen: torch.Generator, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the recipe on the batch ``(xb, yb)``: augment, forward, loss, backward, clip, update.
+
+    ``step_model`` is what runs the batch (``model`` itself, or wrapped by DDP or ``torch.compile``);
+    gradients are clipped on ``model``'s parameters. On CUDA the forward pass runs under bf16
+    autocast. Returns the loss and the logits (both still attached to the device).
+    """
+    if recipe.augment:
+        xb = data.augment(xb, generator=aug_gen)
+    if channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=xb.device.type == "cuda"):
+        logits = step_model(xb)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if recipe.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    optimizer.step()
+    schedule.step()
+    return loss, logits
+
+
+#: Models with convolutions throughout: channels-last memory makes their kernels faster, on CUDA and
+#: on the CPU (oneDNN: the ResNet's training step 1.31x, AlterNet's 1.15x on two cores).
 CHANNELS_LAST_MODELS: tuple[str, ...] = ("resnet", "alternet")
 
 
@@ -104,7 +130,8 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
           device: str | torch.device | None = None, resume: bool = False, progress: bool = True,
           data_root: str | os.PathLike | None = None, stop_after_epochs: int | None = None,
           status: str | None = None, layout: str | None = None, keep_snapshots: bool = True,
-          compile: bool = False, epoch_log: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+          compile: bool = False, epoch_log: Callable[[dict[str, Any]], None] | None = None,
+          eval_every: int = 1) -> dict[str, Any] | None:
     """Train ``model_name`` on ``dataset`` with ``recipe``; return the checkpoint record.
 
     With ``out`` the checkpoint is written there (atomically) and the resume state is kept beside
@@ -127,6 +154,8 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(data.DATASETS)}")
     if status not in (None, "final", "provisional"):
         raise ValueError(f"status must be 'final' or 'provisional', got {status!r}")
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
     if resume and out is None:
         raise ValueError("resume=True needs the out path whose resume state to continue from")
     if out is not None and Path(out).is_dir():
@@ -135,7 +164,7 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
     args = dict(model_name=model_name, dataset=dataset, subset=subset, recipe=recipe, seed=seed, out=out,
                 device=device, resume=resume, progress=progress, data_root=data_root,
                 stop_after_epochs=stop_after_epochs, status=status, layout=layout,
-                keep_snapshots=keep_snapshots, compile=compile, epoch_log=epoch_log)
+                keep_snapshots=keep_snapshots, compile=compile, epoch_log=epoch_log, eval_every=eval_every)
     if out is None or _dist_info()[0] != 0:  # one lock per run: rank 0 holds it
         return _train(**args)
     with run_lock(out):
@@ -146,8 +175,8 @@ def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, 
            out: str | os.PathLike | None, device: str | torch.device | None, resume: bool, progress: bool,
            data_root: str | os.PathLike | None, stop_after_epochs: int | None, status: str | None,
            layout: str | None, keep_snapshots: bool, compile: bool,
-           epoch_log: Callable[[dict[str, Any]], None] | None) -> dict[str, Any] | None:
-    status = status or ("final" if recipe == FULL_RECIPE else "provisional")
+           epoch_log: Callable[[dict[str, Any]], None] | None, eval_every: int) -> dict[str, Any] | None:
+    status = status or ("final" if recipe == zoo_recipe(subset) else "provisional")
     rank, world, local_rank = _dist_info()
     distributed = world > 1
     device = resolve_device(device)
@@ -178,7 +207,7 @@ def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, 
     torch.manual_seed(seed)
     model = models.build(model_name, **build_kwargs).to(device)
     models.set_fused_attn(model, True)  # fast path for first-order training
-    channels_last = cuda and model_name in CHANNELS_LAST_MODELS
+    channels_last = model_name in CHANNELS_LAST_MODELS
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     eval_batch = 1024 if cuda else 128
@@ -241,19 +270,8 @@ def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, 
             idx = idx[rank * local_batch:(rank + 1) * local_batch]
             xb = x_train[idx].to(device, non_blocking=True)
             yb = y_train[idx].to(device, non_blocking=True)
-            if recipe.augment:
-                xb = data.augment(xb, generator=aug_gen)
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                logits = step_model(xb)
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            optimizer.step()
-            schedule.step()
+            loss, logits = training_step(step_model, model, optimizer, schedule, xb, yb, recipe, aug_gen,
+                                         channels_last)
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             bar.update(1)
@@ -271,11 +289,12 @@ def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, 
         if keep_snapshots and epoch + 1 == recipe.warmup_epochs:
             snapshots["warmup"] = half_state_dict(model)
         if main_process:
-            test = evaluate(model, x_test, y_test, batch_size=eval_batch, device=device)
             history.append({"epoch": epoch + 1, "lr": schedule.get_last_lr()[0],
-                            "train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
-                            "test_loss": test["nll"], "test_acc": test["acc"]})
-            bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", test_acc=f"{test['acc']:.1f}")
+                            "train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen})
+            if is_evaluated(epoch + 1, recipe.epochs, eval_every):
+                test = evaluate(model, x_test, y_test, batch_size=eval_batch, device=device)
+                history[-1].update(test_loss=test["nll"], test_acc=test["acc"])
+                bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", test_acc=f"{test['acc']:.1f}")
             if epoch_log is not None:
                 epoch_log({**history[-1], "epochs": recipe.epochs, "train_time_s": epoch_train_time,
                            "images_per_s": seen / epoch_train_time})
@@ -319,6 +338,15 @@ def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, 
     return record
 
 
+#: The last epochs of every run are all evaluated: their test NLL is the evidence of convergence.
+CONVERGENCE_EPOCHS = 5
+
+
+def is_evaluated(epoch: int, epochs: int, eval_every: int) -> bool:
+    """Whether epoch ``epoch`` (1-based) of ``epochs`` is measured on the test set."""
+    return epoch % eval_every == 0 or epoch > epochs - CONVERGENCE_EPOCHS
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -348,15 +376,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--register", action="store_true", help="add the checkpoint to data/checkpoints/MANIFEST.json")
     p.add_argument("--compile", action="store_true", help="run the training step through torch.compile")
     p.add_argument("--no-progress", action="store_true", help="no progress bar; one line per epoch instead")
+    p.add_argument("--eval-every", type=RECIPE_TYPES["epochs"], default=1, metavar="K",
+                   help=f"measure the test set after every K-th epoch (and each of the last {CONVERGENCE_EPOCHS})")
     add_recipe_arguments(p)
+    p.epilog = (f"Without recipe flags a run on all the data uses the zoo's recipe ({FULL_RECIPE.epochs} epochs); "
+                f"on a subset the same recipe at {zoo_recipe(0.1).epochs // FULL_RECIPE.epochs}x the epochs and warm-up.")
     return p
 
 
 def _epoch_line(name: str) -> Callable[[dict[str, Any]], None]:
     """One line per epoch, for runs without a progress bar (several jobs at once, logs)."""
     def log(e: dict[str, Any]) -> None:
-        print(f"{name}: epoch {e['epoch']}/{e['epochs']}: train loss {e['train_loss']:.3f}, "
-              f"test acc. {e['test_acc']:.2f}%, {e['images_per_s']:,.0f} images/s", flush=True)
+        test = f"test acc. {e['test_acc']:.2f}%, NLL {e['test_loss']:.4f}, " if "test_acc" in e else ""
+        print(f"{name}: epoch {e['epoch']}/{e['epochs']}: train loss {e['train_loss']:.3f}, {test}"
+              f"{e['images_per_s']:,.0f} images/s", flush=True)
     return log
 
 
@@ -367,7 +400,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    recipe = recipe_from_args(args, parser)
+    recipe = recipe_from_args(args, parser, base=zoo_recipe(args.subset))
     try:
         layout = models.layout_override(args.model, args.layout)
     except ValueError as err:
@@ -389,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         record = train(args.model, args.dataset, args.subset, recipe, seed=args.seed, out=out,
                        device=args.device, resume=args.resume, progress=not args.no_progress, status=args.status,
                        layout=layout, keep_snapshots=not args.no_snapshots, compile=args.compile,
-                       epoch_log=_epoch_line(entry.key) if args.no_progress else None)
+                       epoch_log=_epoch_line(entry.key) if args.no_progress else None,
+                       eval_every=args.eval_every)
     except KeyboardInterrupt:
         state = resume_path(out)
         runstate.say(f"interrupted: {'the resume state ' + str(state) + ' keeps the last finished epoch; rerun with --resume' if state.exists() else 'no epoch had finished'}")

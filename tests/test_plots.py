@@ -48,3 +48,16 @@ def test_depth_profile_draws_every_unit_in_its_colour():
     with pytest.raises(ValueError, match="13 units for 3 values"):
         plots.depth_profile(ax, units, values[:3])
     plt.close(fig)
+
+
+def test_history_curves_draw_only_the_measured_epochs():
+    """Runs on a subset measure the test set every few epochs: the curve joins the measured ones."""
+    history = [{"epoch": e, "train_loss": 1.0 / e} for e in range(1, 7)]
+    for e, h in enumerate(history, 1):
+        if e % 3 == 0 or e > 4:
+            h.update(test_acc=50.0 + e, test_loss=1.0 / e)
+    fig = plots.history_curves([{"model": "vit", "subset": 0.1, "history": history}])
+    acc, nll = (ax.lines[0] for ax in fig.axes)
+    assert list(acc.get_xdata()) == [3, 5, 6] and list(acc.get_ydata()) == [53.0, 55.0, 56.0]
+    assert list(nll.get_ydata()) == [1 / 3, 1 / 5, 1 / 6]
+    plt.close(fig)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lib import data, metrics, models, train
+from lib import recipe as recipe_module
 
 REPO = Path(__file__).resolve().parent.parent
 # Small, fast and deterministic: no augmentation or drop-path noise unless a test asks for it.
@@ -55,8 +56,29 @@ def test_record_has_full_provenance(tmp_path):
     assert metrics.evaluate(model, x, y)["acc"] == pytest.approx(record["test_acc"])
 
 
-def test_full_recipe_is_final():
-    assert train.FULL_RECIPE.epochs == 60 and train.FULL_RECIPE.warmup_epochs == 5
+def test_the_zoo_recipe_per_subset():
+    assert train.FULL_RECIPE.epochs == 30 and train.FULL_RECIPE.warmup_epochs == 3
+    assert recipe_module.zoo_recipe(None) == recipe_module.zoo_recipe(1) == train.FULL_RECIPE
+    assert recipe_module.zoo_recipe(0.1) == replace(train.FULL_RECIPE, epochs=60, warmup_epochs=6)
+
+
+def test_status_is_final_only_for_the_zoo_recipe_of_the_subset(monkeypatch):
+    monkeypatch.setattr(recipe_module, "FULL_RECIPE", replace(TINY, epochs=1, warmup_epochs=1))
+    on_subset = recipe_module.zoo_recipe(0.25)
+    assert (on_subset.epochs, on_subset.warmup_epochs) == (2, 2)
+    assert train.train("vit", "synthetic", 0.25, recipe=on_subset, progress=False)["status"] == "final"
+    assert train.train("vit", "synthetic", 0.25, recipe=recipe_module.FULL_RECIPE, progress=False)["status"] == "provisional"
+    assert train.train("vit", "synthetic", None, recipe=recipe_module.FULL_RECIPE, progress=False)["status"] == "final"
+
+
+def test_eval_every_measures_every_kth_epoch_and_the_last_ones(tmp_path):
+    assert [e for e in range(1, 21) if train.is_evaluated(e, 20, 5)] == [5, 10, 15, 16, 17, 18, 19, 20]
+    assert all(train.is_evaluated(e, 3, 5) for e in (1, 2, 3))
+    record = train.train("vit", "synthetic", 0.25, recipe=replace(TINY, epochs=7), progress=False, eval_every=3)
+    measured = [h["epoch"] for h in record["history"] if "test_acc" in h]
+    assert measured == [3, 4, 5, 6, 7] and all("train_loss" in h for h in record["history"])
+    with pytest.raises(ValueError, match="eval_every must be a positive integer, got 0"):
+        train.train("vit", "synthetic", recipe=TINY, eval_every=0)
 
 
 def test_resume_after_interruption_is_exact(tmp_path):
@@ -75,15 +97,35 @@ def test_resume_after_interruption_is_exact(tmp_path):
                        resumed["snapshots"]["warmup"]["net.head.weight"])
 
 
-def test_resume_without_state_starts_fresh_and_a_different_run_is_refused(tmp_path, capsys):
+def test_resume_without_state_starts_fresh_and_a_different_run_is_set_aside(tmp_path, capsys):
     out = tmp_path / "x.pt"
     assert train.train("vit", "synthetic", recipe=TINY, out=out, resume=True, progress=False,
                        stop_after_epochs=1) is None
     assert "no resume state" in capsys.readouterr().err and train.resume_path(out).exists()
-    for other in (dict(seed=5), dict(subset=0.5), dict(recipe=replace(TINY, lr=1e-3))):
-        with pytest.raises(ValueError, match="different run"):
-            train.train(**(dict(model_name="vit", dataset="synthetic", recipe=TINY, out=out, resume=True,
-                                progress=False) | other))
+    mine = train.resume_path(out).read_bytes()
+    record = train.train("vit", "synthetic", recipe=TINY, seed=5, out=out, resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert "set aside x.pt.resume.pt (it continues another run: vit on synthetic, seed 0, 2 epochs)" in err
+    assert len(err.strip().splitlines()) == 1 and record["seed"] == 5 and len(record["history"]) == 2
+    assert (tmp_path / "x.pt.resume.pt.set-aside").read_bytes() == mine  # kept, out of the way
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[:len(b) // 2], lambda b: b"", lambda b: b"not a zip file"])
+def test_an_unreadable_resume_state_is_set_aside_in_one_line(tmp_path, capsys, damage):
+    out = tmp_path / "x.pt"
+    train.train("vit", "synthetic", recipe=TINY, out=out, progress=False, stop_after_epochs=1)
+    state = train.resume_path(out)
+    state.write_bytes(damage(state.read_bytes()))
+    capsys.readouterr()
+    record = train.train("vit", "synthetic", recipe=TINY, out=out, resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert err.startswith("set aside x.pt.resume.pt (cannot be read") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and len(record["history"]) == 2
+    # a fresh run (no resume) over an unreadable state discards it, also in one line
+    state.write_bytes(b"garbage")
+    train.train("vit", "synthetic", recipe=TINY, out=out, progress=False)
+    err = capsys.readouterr().err
+    assert "discarding an old run's resume state" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_fresh_run_discards_an_old_state_and_says_so(tmp_path, capsys):
@@ -211,7 +253,7 @@ def test_epochs_alone_scales_the_warmup(capsys):
     args = parser.parse_args(["--model", "vit", "--out", "x.pt", "--epochs", "3"])
     assert train.recipe_from_args(args, parser) == replace(train.FULL_RECIPE, epochs=3, warmup_epochs=1)
     assert "warm-up scaled to 1 epoch(s) for --epochs 3" in capsys.readouterr().err
-    assert [recipe.scaled_warmup(e) for e in (1, 3, 12, 24, 60, 120)] == [1, 1, 1, 2, 5, 10]
+    assert [recipe.scaled_warmup(e) for e in (1, 3, 12, 24, 30, 60, 120)] == [1, 1, 1, 2, 3, 6, 12]
     args = parser.parse_args(["--model", "vit", "--out", "x.pt", "--epochs", "3", "--warmup-epochs", "0"])
     assert train.recipe_from_args(args, parser).warmup_epochs == 0  # an explicit value stays
     assert recipe.recipe_flags(replace(train.FULL_RECIPE, epochs=3, warmup_epochs=1, augment=False)) == \
