@@ -5,8 +5,9 @@
 #   make pdf      build the book and print it into one PDF, _build/pdf/how-vits-work.pdf
 #   make colab-check  run every chapter alone as on Colab, against the latest torch/torchvision/timm
 #   make execute  re-execute the chapters in place (after lib or checkpoint changes)
-#   make zoo      train what the zoo lacks with the full recipe, restartably, in priority order
-#                 (GPU recommended; JOBS=n trainings at once, ZOO_ARGS="--set core" and so on)
+#   make zoo      train what the zoo lacks with the zoo's recipe, restartably, in priority order, into
+#                 the staging area data/checkpoints/next (JOBS trainings of THREADS threads each at once;
+#                 ZOO_ARGS="--set core" and so on); python -m lib.zoo progress says where it stands
 #   make ablations  only chapter 6's AlterNet placement ablations
 #   make bench    run the benchmarks
 SHELL := /bin/bash
@@ -15,7 +16,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
-JOBS ?= 1
+# Two 1-thread trainings train 11% more images per second on two cores than one 2-thread training.
+JOBS ?= 2
+THREADS ?= 1
 ZOO_ARGS ?=
 
 .PHONY: setup data test test-threads book html pdf browser-check colab-check execute zoo ablations bench clean
@@ -92,10 +95,10 @@ execute: setup
 	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 chapters/*.ipynb
 
 zoo: setup
-	$(PY) -m lib.zoo train --jobs $(JOBS) $(ZOO_ARGS)
+	$(PY) -m lib.zoo train --jobs $(JOBS) --threads $(THREADS) $(ZOO_ARGS)
 
 ablations: setup
-	$(PY) -m lib.zoo train --set ablation --jobs $(JOBS) $(ZOO_ARGS)
+	$(PY) -m lib.zoo train --set ablation --jobs $(JOBS) --threads $(THREADS) $(ZOO_ARGS)
 
 PEERS := .bench-peers
 PEERS_STAMP := $(PEERS)/.installed
@@ -110,6 +113,7 @@ bench: setup $(PEERS_STAMP)
 	PYTHONPATH=$(PEERS) $(PY) benchmarks/hessian.py
 	PYTHONPATH=$(PEERS) $(PY) benchmarks/landscape.py
 	PYTHONPATH=$(PEERS) $(PY) benchmarks/cka.py
+	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/chapters.py
 
 clean:

@@ -16,6 +16,7 @@ to check ``--register`` before a run, and the zoo's runner to register what trai
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -31,6 +32,10 @@ from .io import atomic_write_json
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKPOINT_DIR = REPO / "data" / "checkpoints"
+#: Where finished runs of the zoo's recipe wait, with their own manifest, until the set they
+#: belong to is complete and replaces the shipped checkpoints (``python -m lib.zoo swap``). The
+#: chapters never load from here.
+STAGING_DIR = CHECKPOINT_DIR / "next"
 MANIFEST_NAME = "MANIFEST.json"
 
 #: Fields every manifest entry must have (``register`` also writes ``layout``; older entries
@@ -79,8 +84,8 @@ class Entry:
     def key(self) -> str:
         """File stem and manifest key, e.g. ``vit-fashion-mnist-sub10``, ``alternet-CC.MC.MC-fashion-mnist``."""
         key = self.model + (f"-{self.layout.replace(',', '.')}" if self.layout else "") + f"-{self.dataset}"
-        if self.subset is not None:
-            key += f"-sub{round(self.subset * 100):g}"
+        if self.subset is not None:  # exact: a 10.4% subset is not filed under 10%
+            key += f"-sub{round(self.subset * 100, 6):g}"
         if self.seed:
             key += f"-seed{self.seed}"
         return key
@@ -142,8 +147,14 @@ ABLATIONS: tuple[Entry, ...] = (
 #: The whole zoo in training priority: a run cut short still delivers the most important models.
 PRIORITY: tuple[Entry, ...] = ZOO + SEEDS + ABLATIONS
 
+#: The models the chapters' main results load, trained first with the zoo's recipe and swapped in
+#: together: every architecture on all the data (seed 0), then the headline models on 10% of the
+#: data with every seed (their seed-to-seed spread is the error bar of the less-data contrasts).
+MAIN: tuple[Entry, ...] = ZOO + tuple(e for e in SEEDS if e.subset is not None)
+
 #: Named sets for ``python -m lib.zoo train --set`` (each in priority order).
-SETS: dict[str, tuple[Entry, ...]] = {"all": PRIORITY, "core": ZOO, "seeds": SEEDS, "ablation": ABLATIONS}
+SETS: dict[str, tuple[Entry, ...]] = {"main": MAIN, "all": PRIORITY, "core": ZOO, "seeds": SEEDS,
+                                      "ablation": ABLATIONS}
 
 #: The short CPU schedules of the provisional checkpoints, ``subset -> (epochs, warm-up epochs)``
 #: (``--short``): the full recipe is 60 epochs, far beyond a CPU.
@@ -319,3 +330,51 @@ def check(checkpoint_dir: str | os.PathLike | None = None) -> tuple[list[str], l
             problems.append(Problem(path.stem, f"{path.name} is in the folder but not in the manifest",
                                     f"register it with `python -m lib.zoo register {shown(path)}`, or delete it"))
     return ok, problems
+
+
+def swap(entries: tuple[Entry, ...] | list[Entry], staging: str | os.PathLike = STAGING_DIR,
+         checkpoint_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Move the staged checkpoints of ``entries`` into the zoo, replacing the ones of the same name.
+
+    Only a complete set moves: every entry must be staged, ``final`` and intact, else
+    :class:`ZooError` names what is missing and nothing moves. Safe to run again after an
+    interruption (an entry already moved is recognised by its checksum). Returns the new
+    manifest entries; the staging folder is left empty.
+    """
+    staging, folder = Path(staging), Path(checkpoint_dir or CHECKPOINT_DIR)
+    staged = read_manifest(staging)["checkpoints"]
+    zoo = read_manifest(folder, must_exist=True)["checkpoints"]
+    missing, damaged, provisional = [], [], []
+    for entry in entries:
+        item = staged.get(entry.key)
+        if item is None:
+            missing.append(entry.key)
+            continue
+        if item["status"] != "final":
+            provisional.append(entry.key)
+        src, dest = staging / item["file"], folder / item["file"]
+        moved = not src.exists() and zoo.get(entry.key, {}).get("sha256") == item["sha256"]
+        if not moved and (not src.exists() or sha256(src) != item["sha256"]):
+            damaged.append(entry.key)
+    problems = [f"{what}: {', '.join(keys)}" for what, keys in
+                (("not staged yet", missing), ("not final", provisional), ("damaged or missing", damaged)) if keys]
+    if problems:
+        raise ZooError(f"the staged set in {shown(staging)} is not complete ({'; '.join(problems)}); "
+                       f"finish it with `make zoo` (python -m lib.zoo train), then swap")
+    result = []
+    for entry in entries:
+        item = staged[entry.key]
+        src, dest = staging / item["file"], folder / item["file"]
+        if src.exists():
+            os.replace(src, dest)
+        result.append(register(dest, folder))
+    for entry in entries:
+        staged.pop(entry.key)
+    if staged:
+        atomic_write_json({"checkpoints": staged}, staging / MANIFEST_NAME)
+    else:  # nothing left to stage: the area goes
+        (staging / MANIFEST_NAME).unlink()
+        (staging / ".manifest.lock").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+    return result

@@ -1,37 +1,51 @@
-"""Train a list of zoo entries so that the run as a whole survives anything.
+"""Train a list of zoo entries so that the run as a whole survives anything, and stage what finishes.
 
-``python -m lib.zoo train`` (and ``make zoo``) come here. For each entry, in the order given (the
-catalogue's priority: the seed-0 models the chapters load, then extra seeds, then ablations):
+``python -m lib.zoo train`` (and ``make zoo``) come here. Each training runs in a *state folder*
+outside the work tree (:func:`lib.runstate.state_dir`), where its per-epoch resume state and weight
+snapshots live until it ends; a finished checkpoint is verified (it is the run asked for, its test
+metrics are finite), copied into the destination folder (by default the staging area
+``data/checkpoints/next/``, which the chapters never load) and registered in that folder's own
+manifest. For each entry, in the order given (the catalogue's priority), resumable runs first:
 
-* a checkpoint that is already done (``final``, or trained with the recipe asked for) and matches
-  its manifest checksum is skipped; one that is complete but unregistered (the runner died between
-  the two) is registered;
+* a checkpoint that is already done in the destination (``final``, or trained with the recipe
+  asked for) and matches its manifest checksum is skipped; one that is complete but unregistered
+  (the runner died between the two) is registered;
+* a finished run still in the state folder (the runner died before staging it) is staged;
+* an entry that another process is training is waited for (it takes a job slot), then staged or
+  continued;
 * an interrupted entry continues from its resume state, losing at most the epoch in progress;
-* anything else trains from scratch (a stale resume state of another recipe is discarded).
+* anything else trains from scratch; a resume state that cannot be read or belongs to another run
+  is set aside by the training itself (renamed, with a one-line message), never blocking it.
 
-Each training is a ``lib.train`` child process; ``jobs`` of them run at once (several small models
-share one GPU well). The runner registers each checkpoint as its child finishes (a file lock makes
-that safe with several runners at once) and prints one line per finished entry. SIGTERM or Ctrl-C
-stops every child, keeping their resume states; children also die with the runner if it is
-killed outright (``kill -9``), so nothing trains on unseen. Run the same command again to continue.
+Each training is a ``lib.train`` child process; ``jobs`` of them run at once (on two CPU cores two
+1-thread jobs train 11% more images per second than one 2-thread job). SIGTERM or Ctrl-C stops
+every child, keeping their resume states; children also die with the runner if it is killed
+outright (``kill -9``), so nothing trains on unseen. Run the same command again to continue.
 """
 from __future__ import annotations
 
 import ctypes
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from . import catalog, runstate
 from .catalog import Entry, ZooError
-from .recipe import FULL_RECIPE, Recipe, recipe_flags
+from .io import atomic_write
+from .recipe import Recipe, recipe_flags, zoo_recipe
 
-ACTIONS: tuple[str, ...] = ("skip", "register", "resume", "train")
+ACTIONS: tuple[str, ...] = ("skip", "register", "stage", "busy", "resume", "train")
+
+#: Runs on a subset measure the test set every this many epochs (and in each of the last few): on
+#: 10% of the data an evaluation costs half an epoch.
+SUBSET_EVAL_EVERY = 5
 
 
 @dataclass(frozen=True)
@@ -54,8 +68,12 @@ def _is_done(record: dict[str, Any], entry: Entry, recipe: Recipe) -> bool:
     return same_entry and good_enough and (not entry.snapshots or "warmup" in record["snapshots"])
 
 
-def plan(entry: Entry, recipe: Recipe, folder: Path, force: bool = False) -> Step:
-    """Decide what to do for ``entry``, from what its folder holds (checkpoint, manifest, resume state)."""
+def plan(entry: Entry, recipe: Recipe, folder: Path, state: Path | None = None, force: bool = False) -> Step:
+    """Decide what to do for ``entry``, from what ``folder`` (destination) and ``state`` hold.
+
+    ``state`` is the folder the training runs in (default: ``folder`` itself, the old layout).
+    """
+    state = folder if state is None else state
     path = folder / entry.filename
     if path.exists() and not force:
         try:
@@ -67,16 +85,50 @@ def plan(entry: Entry, recipe: Recipe, folder: Path, force: bool = False) -> Ste
             if listed is not None and listed["sha256"] == catalog.sha256(path):
                 return Step(entry, recipe, "skip", f"{record['status']}, verified")
             return Step(entry, recipe, "register", "complete but not registered")
+    work = state / entry.filename
+    if state != folder and work.exists():
+        try:
+            finished = _is_done(catalog.read_record(work), entry, recipe)
+        except ZooError:
+            finished = False
+        if finished:
+            return Step(entry, recipe, "stage", "finished, not yet staged")
+    if runstate.is_training(work):
+        return Step(entry, recipe, "busy", "another process is training it")
     try:
-        state = runstate.peek_resume(path)
-    except Exception:  # an unreadable state cannot be continued; the fresh run replaces it
-        state = {"epoch": None}
-    if state is None:
+        resumable = runstate.peek_resume(work)
+    except runstate.UnreadableState:
+        return Step(entry, recipe, "train", "from scratch (its unreadable resume state will be set aside)")
+    if resumable is None:
         return Step(entry, recipe, "train", "from scratch")
     identity = runstate.run_identity(entry.model, entry.dataset, entry.subset, recipe, entry.seed, entry.layout)
-    if all(state.get(k) == v for k, v in identity.items()):
-        return Step(entry, recipe, "resume", f"after epoch {state['epoch']} of {recipe.epochs}")
-    return Step(entry, recipe, "train", "from scratch (an old run's resume state is discarded)")
+    if all(resumable.get(k) == v for k, v in identity.items()):
+        return Step(entry, recipe, "resume", f"after epoch {resumable['epoch']} of {recipe.epochs}")
+    return Step(entry, recipe, "train", "from scratch (another run's resume state will be set aside)")
+
+
+def stage(entry: Entry, recipe: Recipe, state: Path, folder: Path) -> dict[str, Any]:
+    """Verify the finished run of ``entry`` in ``state``, copy it into ``folder`` and register it there.
+
+    The copy is atomic and the state folder's file is removed only once the destination's manifest
+    lists it. Raises :class:`~lib.catalog.ZooError` when the file is not the run asked for or its
+    test metrics are not finite.
+    """
+    work, dest = state / entry.filename, folder / entry.filename
+    record = catalog.read_record(work)
+    if not _is_done(record, entry, recipe):
+        raise ZooError(f"{catalog.shown(work)} is not the finished {entry.key} run asked for "
+                       f"({record.get('model')}, subset {record.get('subset')}, seed {record.get('seed')}, "
+                       f"{record.get('recipe', {}).get('epochs')} epochs)")
+    if not all(math.isfinite(record[k]) for k in ("test_acc", "test_nll")):
+        raise ZooError(f"{catalog.shown(work)} has non-finite test metrics "
+                       f"(accuracy {record['test_acc']}, NLL {record['test_nll']}); it is not staged")
+    if work.resolve() != dest.resolve():
+        atomic_write(dest, lambda tmp: shutil.copyfile(work, tmp))
+    listed = catalog.register(dest, folder)
+    if work.resolve() != dest.resolve():
+        work.unlink()
+    return listed
 
 
 def _die_with_parent() -> None:
@@ -87,12 +139,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def child_command(step: Step, folder: Path, device: str, progress: bool, compile: bool) -> list[str]:
-    """The ``lib.train`` command line that carries out ``step``."""
-    argv = [sys.executable, "-m", "lib.train", *step.entry.train_args(), "--out", str(folder / step.entry.filename),
-            "--device", device, *recipe_flags(step.recipe)]
-    if step.action == "resume":
-        argv.append("--resume")
+def child_command(step: Step, state: Path, device: str, progress: bool, compile: bool) -> list[str]:
+    """The ``lib.train`` command line that carries out ``step`` in the state folder ``state``.
+
+    Every child resumes where it can: ``lib.train --resume`` continues a state of the same run,
+    and sets aside (with a line saying so) one it cannot continue.
+    """
+    argv = [sys.executable, "-m", "lib.train", *step.entry.train_args(), "--out", str(state / step.entry.filename),
+            "--device", device, *recipe_flags(step.recipe, base=zoo_recipe(step.entry.subset)), "--resume"]
+    if step.entry.subset is not None:
+        argv += ["--eval-every", str(SUBSET_EVAL_EVERY)]
     if not progress:
         argv.append("--no-progress")
     if compile:
@@ -123,48 +179,65 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def run(work: list[tuple[Entry, Recipe]], folder: str | os.PathLike = catalog.CHECKPOINT_DIR, jobs: int = 1,
-        device: str = "auto", threads: int = 0, force: bool = False, compile: bool = False,
-        echo: Callable[[str], None] = print, poll_s: float = 0.2) -> int:
-    """Train every ``(entry, recipe)`` of ``work`` into ``folder`` that is not done yet; 0 when all are done.
+def run(work: list[tuple[Entry, Recipe]], folder: str | os.PathLike = catalog.STAGING_DIR,
+        state: str | os.PathLike | None = None, jobs: int = 1, device: str = "auto", threads: int = 0,
+        force: bool = False, compile: bool = False, echo: Callable[[str], None] = print,
+        poll_s: float = 0.2) -> int:
+    """Train every ``(entry, recipe)`` of ``work`` that ``folder`` lacks, in ``state``; 0 when all are done.
 
-    Returns 1 when a training failed (the others still run), 130 when stopped by a signal.
+    ``state`` defaults to :func:`lib.runstate.state_dir`. An entry that another process is training
+    takes a job slot until that process ends; then the runner stages it, or continues it. Returns 1
+    when a training failed (the others still run), 130 when stopped by a signal.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     folder = Path(folder)
+    state = Path(state) if state is not None else runstate.state_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    steps = [plan(entry, recipe, folder, force) for entry, recipe in work]
+    state.mkdir(parents=True, exist_ok=True)
+    steps = [plan(entry, recipe, folder, state, force) for entry, recipe in work]
     counts = {a: sum(s.action == a for s in steps) for a in ACTIONS}
-    echo(f"zoo: {len(steps)} entries in {catalog.shown(folder)}: {counts['skip']} done, {counts['register']} to register, "
-         f"{counts['resume']} to resume, {counts['train']} to train; {jobs} at a time on {device}")
+    echo(f"zoo: {len(steps)} entries into {catalog.shown(folder)}, training in {state}: {counts['skip']} done, "
+         f"{counts['register'] + counts['stage']} to register, {counts['resume']} to resume, {counts['train']} to "
+         f"train, {counts['busy']} busy elsewhere; {jobs} at a time on {device}")
+    failed: list[Step] = []
     for step in steps:
         if step.action == "skip":
             echo(f"skip     {step.entry.key}: {step.why}")
-        elif step.action == "register":
-            echo(_finished_line(catalog.register(folder / step.entry.filename, folder)) + ", registered now")
-    queue = [s for s in steps if s.action in ("resume", "train")]
+        elif step.action == "busy":
+            echo(f"busy     {step.entry.key}: {step.why}; waiting for it (it takes one of the {jobs} job slots)")
+        elif step.action in ("register", "stage"):
+            _finish(step, folder, state, failed, echo)
+    queue = sorted((s for s in steps if s.action in ("resume", "train")), key=lambda s: s.action != "resume")
+    waiting = [s for s in steps if s.action == "busy"]
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     running: dict[subprocess.Popen, Step] = {}
-    failed: list[Step] = []
+    trained = 0
     started = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        while queue or running:
-            while queue and len(running) < jobs:
+        while queue or running or waiting:
+            for step in [s for s in waiting if not runstate.is_training(state / s.entry.filename)]:
+                waiting.remove(step)  # the other process has ended: take over what it left
+                again = plan(step.entry, step.recipe, folder, state)
+                if again.action in ("resume", "train"):
+                    queue.insert(0, again)
+                elif again.action != "skip":
+                    trained += _finish(again, folder, state, failed, echo)
+            while queue and len(running) + len(waiting) < jobs:
                 step = queue.pop(0)
-                echo(f"{'resume' if step.action == 'resume' else 'train':8} {step.entry.key}: {step.why}")
-                argv = child_command(step, folder, device, progress=jobs == 1, compile=compile)
+                echo(f"{step.action:8} {step.entry.key}: {step.why}")
+                argv = child_command(step, state, device, progress=jobs == 1, compile=compile)
                 running[subprocess.Popen(argv, cwd=catalog.REPO, env=env, preexec_fn=_die_with_parent)] = step
             for proc in [p for p in running if p.poll() is not None]:
                 step = running.pop(proc)
-                if proc.returncode == 0:
-                    echo(_finished_line(catalog.register(folder / step.entry.filename, folder)))
-                else:
+                if proc.returncode != 0:
                     failed.append(step)
-                    echo(f"FAILED   {step.entry.key} (exit {proc.returncode}); its resume state keeps every "
+                    echo(f"FAILED   {step.entry.key}: exit {proc.returncode}; its resume state keeps every "
                          f"finished epoch: run the same command again to retry")
-            time.sleep(poll_s if running else 0)
+                else:
+                    trained += _finish(replace(step, action="stage"), folder, state, failed, echo)
+            time.sleep(poll_s if running or waiting else 0)
     except KeyboardInterrupt:
         _stop(running)
         echo(f"stopped: {len(running)} training(s) interrupted ({', '.join(s.entry.key for s in running.values())}); "
@@ -172,17 +245,101 @@ def run(work: list[tuple[Entry, Recipe]], folder: str | os.PathLike = catalog.CH
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    trained = counts["resume"] + counts["train"] - len(failed)
     echo(f"zoo: {trained} trained, {counts['skip']} already done, {len(failed)} failed "
          f"in {(time.monotonic() - started) / 60:.1f} min")
     return 1 if failed else 0
 
 
-def schedule(entries: list[Entry], recipe: Recipe | None, short: dict[float | None, tuple[int, int]] | None = None
-             ) -> list[tuple[Entry, Recipe]]:
-    """Pair each entry with its recipe: ``recipe``, or per subset the ``short`` (epochs, warm-up) schedule."""
-    if short is None:
-        return [(e, recipe or FULL_RECIPE) for e in entries]
-    base = recipe or FULL_RECIPE
-    return [(e, Recipe(**{**asdict(base), "epochs": short[e.subset][0], "warmup_epochs": short[e.subset][1]}))
-            for e in entries]
+def _finish(step: Step, folder: Path, state: Path, failed: list[Step], echo: Callable[[str], None]) -> bool:
+    """Register (action ``register``) or stage (``stage``) a finished entry; say how it went."""
+    try:
+        listed = (catalog.register(folder / step.entry.filename, folder) if step.action == "register"
+                  else stage(step.entry, step.recipe, state, folder))
+    except ZooError as err:
+        failed.append(step)
+        echo(f"FAILED   {step.entry.key}: {err}")
+        return False
+    echo(_finished_line(listed) + f", {'registered' if step.action == 'register' else 'staged'}")
+    return True
+
+
+def schedule(entries: list[Entry], recipes: dict[float | None, Recipe] | None = None,
+             short: dict[float | None, tuple[int, int]] | None = None) -> list[tuple[Entry, Recipe]]:
+    """Pair each entry with its recipe: ``recipes[subset]``, else the zoo's recipe for its subset
+    (:func:`lib.recipe.zoo_recipe`); with ``short``, shortened per subset to its (epochs, warm-up)."""
+    work = []
+    for e in entries:
+        recipe = recipes[e.subset] if recipes is not None else zoo_recipe(e.subset)
+        if short is not None:
+            recipe = replace(recipe, epochs=short[e.subset][0], warmup_epochs=short[e.subset][1])
+        work.append((e, recipe))
+    return work
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where one entry of a zoo run stands: staged, in progress (``epoch`` of ``epochs``) or waiting.
+
+    ``hours`` is the wall time its training has taken so far; ``hours_left`` the estimate of what
+    it still needs at the speed measured for the same model (``None`` when no run of it has been
+    measured yet). ``test_acc``/``test_nll`` are the last measured values.
+    """
+
+    entry: Entry
+    status: str  # "staged", "training", "interrupted", "waiting"
+    epoch: int
+    epochs: int
+    hours: float
+    hours_left: float | None
+    test_acc: float | None
+    test_nll: float | None
+
+
+def _seconds_per_image(record: dict[str, Any], epochs_done: int) -> float:
+    """Wall seconds per training image (evaluations included) of a record or resume state."""
+    n_train = record.get("n_train") or round(60000 * (record.get("subset") or 1))
+    return record["wall_time_s"] / max(1, epochs_done * n_train)
+
+
+def progress(work: list[tuple[Entry, Recipe]], folder: str | os.PathLike = catalog.STAGING_DIR,
+             state: str | os.PathLike | None = None) -> list[Progress]:
+    """Where every ``(entry, recipe)`` of ``work`` stands, with measured hours and an estimate of those left.
+
+    The estimate takes, per model, the seconds per training image of its staged runs (else of its
+    unfinished ones) and assumes 60,000 training images times the subset.
+    """
+    folder = Path(folder)
+    state = Path(state) if state is not None else runstate.state_dir()
+    listed = catalog.read_manifest(folder)["checkpoints"] if folder.exists() else {}
+    rows: list[tuple[Entry, Recipe, str, int, float, dict[str, Any] | None]] = []
+    speed: dict[str, list[float]] = {}
+    for entry, recipe in work:
+        item = listed.get(entry.key)
+        if item is not None and item["epochs"] == recipe.epochs:
+            speed.setdefault(entry.model, []).insert(0, _seconds_per_image(item, recipe.epochs))
+            rows.append((entry, recipe, "staged", recipe.epochs, item["wall_time_s"], {
+                "test_acc": item["test_acc"], "test_loss": item["test_nll"]}))
+            continue
+        work_file = state / entry.filename
+        try:
+            resumable = runstate.read_state(runstate.resume_path(work_file)) \
+                if runstate.resume_path(work_file).exists() else None
+        except runstate.UnreadableState:
+            resumable = None
+        identity = runstate.run_identity(entry.model, entry.dataset, entry.subset, recipe, entry.seed, entry.layout)
+        if resumable is not None and all(resumable.get(k) == v for k, v in identity.items()):
+            status = "training" if runstate.is_training(work_file) else "interrupted"
+            speed.setdefault(entry.model, []).append(_seconds_per_image(resumable, resumable["epoch"]))
+            measured = [h for h in resumable["history"] if "test_acc" in h]
+            rows.append((entry, recipe, status, resumable["epoch"], resumable["wall_time_s"],
+                         measured[-1] if measured else None))
+        else:
+            rows.append((entry, recipe, "training" if runstate.is_training(work_file) else "waiting", 0, 0.0, None))
+    result = []
+    for entry, recipe, status, epoch, seconds, last in rows:
+        per_image = speed.get(entry.model, [None])[0]
+        images_left = (recipe.epochs - epoch) * round(60000 * (entry.subset or 1))
+        left = 0.0 if status == "staged" else (None if per_image is None else per_image * images_left / 3600)
+        result.append(Progress(entry, status, epoch, recipe.epochs, seconds / 3600, left,
+                               None if last is None else last["test_acc"], None if last is None else last["test_loss"]))
+    return result

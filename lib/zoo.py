@@ -27,13 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import data, models, runner
+from . import catalog, data, models, runner, runstate
 from .catalog import (ABLATION_LAYOUTS, ABLATIONS, CHECKPOINT_DIR, FULL_DATA_ABLATIONS,  # noqa: F401
                       HEADLINE_MODELS, HEADLINE_SEEDS, MANIFEST_NAME, PRIORITY, REPO, SEEDS, SETS,
-                      SHORT_SCHEDULE, ZOO, Entry, ZooError, catalogued, check, read_manifest, read_record,
+                      SHORT_SCHEDULE, STAGING_DIR, ZOO, Entry, ZooError, catalogued, check, read_manifest, read_record,
                       register, sha256, shown)
 from .io import load_half_state_dict
-from .recipe import RECIPE_TYPES, add_recipe_arguments, recipe_from_args
+from .recipe import RECIPE_TYPES, Recipe, add_recipe_arguments, recipe_from_args, zoo_recipe
 
 STAGES: tuple[str, ...] = ("final", "warmup")
 
@@ -100,6 +100,10 @@ def load(name: str, dataset: str = "fashion-mnist", subset: float | None = None,
         raise ZooError(f"checksum mismatch for {shown(path)}: the file is corrupted or was replaced without "
                        f"re-registering it; restore it with `git checkout -- {shown(path)}`, or {how}")
     model, record = load_checkpoint(path, stage, expect_model=name, device=device)
+    found = Entry(record["model"], record["dataset"], record["subset"], record["seed"], record["build"].get("layout"))
+    if found != entry:
+        raise ZooError(f"{shown(path)} holds {found.key} ({found.model}, subset {found.subset}, seed {found.seed}, "
+                       f"layout {found.layout}), not the {entry.key} asked for; {how}")
     record["manifest"] = listed
     return model, record
 
@@ -179,17 +183,54 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                if (not args.only or e.model in args.only) and (wanted_subset is None or e.subset in wanted_subset)]
     if not entries:
         parser.error(f"nothing to train: no entry of --set {args.set} matches --only/--data")
-    recipe = recipe_from_args(args, parser)
-    work = runner.schedule(entries, recipe, SHORT_SCHEDULE if args.short else None)
+    subsets = dict.fromkeys(e.subset for e in entries)  # the zoo's recipe for each, under the flags given
+    recipes = {s: recipe_from_args(args, parser, zoo_recipe(s), note=i == 0) for i, s in enumerate(subsets)}
+    work = runner.schedule(entries, recipes, SHORT_SCHEDULE if args.short else None)
     needs_warmup = [e.key for e, r in work if e.snapshots and r.warmup_epochs == 0]
     if needs_warmup:
         parser.error(f"{', '.join(needs_warmup)} keep the warm-up snapshot the chapters load: "
                      f"--warmup-epochs must be >= 1")
-    folder = Path(args.checkpoint_dir or CHECKPOINT_DIR)
-    if folder.exists() and not folder.is_dir():
-        parser.error(f"--checkpoint-dir {folder} is a file, not a folder")
-    return runner.run(work, folder, jobs=args.jobs, device=args.device, threads=args.threads, force=args.force,
-                      compile=args.compile)
+    folder = Path(args.checkpoint_dir or STAGING_DIR)
+    state = Path(args.state_dir) if args.state_dir else runstate.state_dir()
+    for flag, path in (("--checkpoint-dir", folder), ("--state-dir", state)):
+        if path.exists() and not path.is_dir():
+            parser.error(f"{flag} {path} is a file, not a folder")
+    if state.resolve() == folder.resolve() or catalog.REPO in state.resolve().parents:
+        parser.error(f"--state-dir {state} must lie outside the work tree (the weights of unfinished runs are "
+                     f"never committed), e.g. {Path.home() / '.cache' / 'howvits' / 'zoo'}")
+    return runner.run(work, folder, state, jobs=args.jobs, device=args.device, threads=args.threads,
+                      force=args.force, compile=args.compile)
+
+
+def _work(args: argparse.Namespace) -> list[tuple[Entry, Recipe]]:
+    return runner.schedule([Entry(e.model, args.dataset, e.subset, e.seed, e.layout, e.snapshots)
+                            for e in SETS[args.set]])
+
+
+def _cmd_progress(args: argparse.Namespace) -> int:
+    rows = runner.progress(_work(args), Path(args.checkpoint_dir or STAGING_DIR),
+                           Path(args.state_dir) if args.state_dir else None)
+    print(f"{'entry':36} {'status':11} {'epoch':>7} {'hours':>6} {'left':>6} {'acc %':>6} {'NLL':>7}")
+    for r in rows:
+        left = "?" if r.hours_left is None else f"{r.hours_left:.1f}"
+        acc = "" if r.test_acc is None else f"{r.test_acc:.2f}"
+        nll = "" if r.test_nll is None else f"{r.test_nll:.4f}"
+        print(f"{r.entry.key:36} {r.status:11} {f'{r.epoch}/{r.epochs}':>7} {r.hours:>6.2f} {left:>6} {acc:>6} {nll:>7}")
+    spent = sum(r.hours for r in rows)
+    known = [r.hours_left for r in rows if r.hours_left is not None]
+    unknown = sum(r.hours_left is None for r in rows)
+    print(f"{sum(r.status == 'staged' for r in rows)} of {len(rows)} staged; {spent:.1f} run-hours spent, "
+          f"{sum(known):.1f} left at the measured speeds" + (f" (+ {unknown} run(s) not yet measured)" if unknown else "")
+          + f"; with {args.jobs} job(s) at once that is {sum(known) / args.jobs:.1f} machine hours")
+    return 0
+
+
+def _cmd_swap(args: argparse.Namespace) -> int:
+    entries = [Entry(e.model, args.dataset, e.subset, e.seed, e.layout, e.snapshots) for e in SETS[args.set]]
+    for listed in catalog.swap(entries, Path(args.staging_dir or STAGING_DIR), args.checkpoint_dir):
+        print(f"swapped in {listed['file']}: {listed['test_acc']:.2f}% ({listed['status']})")
+    print(f"{len(entries)} checkpoint(s) swapped in; re-execute the chapters with `make execute`")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,10 +246,24 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("paths", nargs="+")
     reg.add_argument("--checkpoint-dir", default=None, help=argparse.SUPPRESS)
     reg.set_defaults(fn=_cmd_register)
+    pr = sub.add_parser("progress", help="where a zoo run stands: staged, in progress, left (hours)")
+    pr.add_argument("--set", choices=tuple(SETS), default="main")
+    pr.add_argument("--dataset", choices=data.DATASETS, default="fashion-mnist")
+    pr.add_argument("--jobs", type=RECIPE_TYPES["epochs"], default=2, help="trainings at once, for machine hours")
+    pr.add_argument("--checkpoint-dir", default=None, help="the staging folder (default: data/checkpoints/next)")
+    pr.add_argument("--state-dir", default=None, help="the runs' state folder (default: as for train)")
+    pr.set_defaults(fn=_cmd_progress)
+    sw = sub.add_parser("swap", help="replace the zoo's checkpoints with a complete staged set")
+    sw.add_argument("--set", choices=tuple(SETS), default="main")
+    sw.add_argument("--dataset", choices=data.DATASETS, default="fashion-mnist")
+    sw.add_argument("--staging-dir", default=None, help=argparse.SUPPRESS)
+    sw.add_argument("--checkpoint-dir", default=None, help=argparse.SUPPRESS)
+    sw.set_defaults(fn=_cmd_swap)
     tr = sub.add_parser("train", help="train what the zoo lacks (restartable; full recipe unless --epochs/--short)",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    tr.add_argument("--set", choices=tuple(SETS), default="all",
-                    help="all (in priority order), core (the seed-0 models the chapters load), seeds, ablation")
+    tr.add_argument("--set", choices=tuple(SETS), default="main",
+                    help="main (the chapters' main models, staged and swapped in together), all (in priority "
+                         "order), core (the seed-0 models the chapters load), seeds, ablation")
     tr.add_argument("--only", nargs="+", choices=models.MODELS, metavar="MODEL",
                     help=f"only these models ({', '.join(models.MODELS)})")
     tr.add_argument("--data", choices=("all", "full", "sub10"), default="all",
@@ -224,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="CPU threads per job (0: torch's default)")
     tr.add_argument("--compile", action="store_true", help="train through torch.compile")
     tr.add_argument("--force", action="store_true", help="retrain entries that are already done")
-    tr.add_argument("--checkpoint-dir", default=None, help="where checkpoints and the manifest live "
-                    "(default: data/checkpoints)")
+    tr.add_argument("--checkpoint-dir", default=None, help="where finished checkpoints are registered "
+                    "(default: the staging area data/checkpoints/next, which the chapters never load)")
+    tr.add_argument("--state-dir", default=None, help=f"where unfinished runs keep their resume state, outside "
+                    f"the work tree (default: ${runstate.STATE_DIR_ENV}, else ~/.cache/howvits/zoo)")
     tr.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # resuming is automatic now
     add_recipe_arguments(tr)
     tr.set_defaults(fn=lambda args: _cmd_train(args, tr))

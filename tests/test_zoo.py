@@ -2,11 +2,12 @@
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 
 import pytest
 import torch
 
-from lib import catalog, models, train, zoo
+from lib import catalog, models, recipe, runner, train, zoo
 
 RECIPE = train.Recipe(epochs=1, warmup_epochs=1, batch_size=512, drop_path=0.0, augment=False)
 
@@ -118,6 +119,66 @@ def test_entry_keys():
     assert "--subset 0.1 --seed 2" in zoo.Entry("vit", subset=0.1, seed=2).train_command()
     assert {e.model for e in zoo.ZOO} == set(models.MODELS)
     assert {e.model for e in zoo.ZOO if e.subset == 0.1} == {"resnet", "vit", "alternet"}
+    assert zoo.Entry("vit", subset=0.104).key == "vit-fashion-mnist-sub10.4"  # never filed under 10%
+    assert zoo.Entry("vit", subset=0.25).key == "vit-fashion-mnist-sub25"
+
+
+def test_the_main_set():
+    """The chapters' main models: every architecture on all the data, then the headline three on 10% × 3 seeds."""
+    assert list(catalog.MAIN[:len(models.MODELS)]) == [zoo.Entry(m) for m in models.MODELS]
+    rest = catalog.MAIN[len(models.MODELS):]
+    assert {(e.model, e.seed) for e in rest} == {(m, s) for m in zoo.HEADLINE_MODELS for s in zoo.HEADLINE_SEEDS}
+    assert all(e.subset == 0.1 and e.layout is None for e in rest) and [e.seed for e in rest] == sorted(e.seed for e in rest)
+    assert zoo.SETS["main"] == catalog.MAIN
+
+
+def test_load_checks_the_identity_of_the_file(folder):
+    """A file registered under another entry's key is refused on load, not silently returned."""
+    other = folder / "vit-synthetic-sub10.4.pt"
+    train.train("vit", "synthetic", 0.104, recipe=replace(RECIPE, batch_size=64), out=other, progress=False)
+    zoo.register(other, checkpoint_dir=folder)
+    manifest = json.loads((folder / zoo.MANIFEST_NAME).read_text())
+    manifest["checkpoints"]["vit-synthetic-sub10"] = manifest["checkpoints"].pop("vit-synthetic-sub10.4")
+    (folder / zoo.MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(zoo.ZooError, match=r"holds vit-synthetic-sub10.4 .*not the vit-synthetic-sub10 asked for"):
+        zoo.load("vit", "synthetic", subset=0.1, checkpoint_dir=folder)
+    assert zoo.load("vit", "synthetic", checkpoint_dir=folder)[1]["subset"] is None
+
+
+def test_swap_moves_a_complete_staged_set_only(folder, tmp_path):
+    staging, state = folder / "next", tmp_path / "state"
+    entries = [zoo.catalogued(zoo.Entry("vit", "synthetic")), zoo.catalogued(zoo.Entry("vit", "synthetic", 0.1))]
+    final = replace(RECIPE, batch_size=64)  # the 10% subset of the synthetic set has about 100 images
+
+    def staged(entry, status):  # trained in the state folder, staged as the runner does
+        train.train("vit", "synthetic", entry.subset, recipe=final, out=state / entry.filename, progress=False,
+                    status=status)
+        runner.stage(entry, final, state, staging)
+
+    staged(entries[0], "final")
+    old = zoo.read_manifest(folder)["checkpoints"]["vit-synthetic"]
+    with pytest.raises(zoo.ZooError, match="not complete .not staged yet: vit-synthetic-sub10."):
+        catalog.swap(entries, staging, folder)
+    assert zoo.read_manifest(folder)["checkpoints"]["vit-synthetic"] == old  # nothing moved
+    staged(entries[1], "provisional")
+    with pytest.raises(zoo.ZooError, match="not final: vit-synthetic-sub10"):
+        catalog.swap(entries, staging, folder)
+    staged(entries[1], "final")
+    moved = catalog.swap(entries, staging, folder)
+    assert [m["file"] for m in moved] == [e.filename for e in entries] and {m["status"] for m in moved} == {"final"}
+    listed = zoo.read_manifest(folder)["checkpoints"]
+    assert listed["vit-synthetic"]["sha256"] != old["sha256"] and listed["vit-synthetic"]["status"] == "final"
+    assert not staging.exists()  # the staging area goes once empty
+    ok, problems = zoo.check(folder)
+    assert set(ok) == {"vit-synthetic", "vit-synthetic-sub10"} and not problems
+    assert zoo.load("vit", "synthetic", 0.1, checkpoint_dir=folder)[1]["status"] == "final"
+
+
+def test_cli_train_keeps_the_state_folder_out_of_the_work_tree(monkeypatch, capsys):
+    monkeypatch.setattr(zoo.runner, "run", lambda *a, **kw: pytest.fail("started training"))
+    with pytest.raises(SystemExit):
+        zoo.main(["train", "--state-dir", str(zoo.REPO / "data" / "state")])
+    assert "must lie outside the work tree" in capsys.readouterr().err
 
 
 def test_shipped_manifest_is_consistent():
@@ -189,7 +250,7 @@ def test_priority_order():
 
 def test_cli_train_selects_entries_and_schedules(monkeypatch):
     calls = []
-    monkeypatch.setattr(zoo.runner, "run", lambda work, folder, **kw: calls.append((work, kw)) or 0)
+    monkeypatch.setattr(zoo.runner, "run", lambda work, folder, state, **kw: calls.append((work, kw)) or 0)
     assert zoo.main(["train", "--set", "ablation", "--data", "full", "--short"]) == 0
     work, kw = calls.pop()
     assert [e.layout for e, _ in work] == [zoo.ABLATION_LAYOUTS[n] for n in zoo.FULL_DATA_ABLATIONS]
@@ -197,11 +258,16 @@ def test_cli_train_selects_entries_and_schedules(monkeypatch):
     assert zoo.main(["train", "--set", "seeds", "--data", "sub10", "--only", "vit", "--short", "--jobs", "3"]) == 0
     work, kw = calls.pop()
     assert [(e.seed, r.epochs) for e, r in work] == [(1, 10), (2, 10)] and kw["jobs"] == 3
-    assert zoo.main(["train"]) == 0  # everything, full recipe, in priority order
+    assert zoo.main(["train"]) == 0  # the main set, the zoo's recipe for each subset, in priority order
     work, _ = calls.pop()
-    assert [e for e, _ in work] == list(zoo.PRIORITY) and all(r == train.FULL_RECIPE for _, r in work)
+    assert [e for e, _ in work] == list(catalog.MAIN) and all(r == recipe.zoo_recipe(e.subset) for e, r in work)
+    assert {r.epochs for e, r in work if e.subset is None} == {train.FULL_RECIPE.epochs}
+    assert zoo.main(["train", "--set", "all", "--lr", "0.002"]) == 0  # a recipe flag applies to every entry
+    work, _ = calls.pop()
+    assert [e for e, _ in work] == list(zoo.PRIORITY) and {r.lr for _, r in work} == {0.002}
+    assert all(r == replace(recipe.zoo_recipe(e.subset), lr=0.002) for e, r in work)
     assert zoo.main(["train", "--only", "vit", "--epochs", "6", "--dataset", "synthetic"]) == 0
-    work, _ = calls.pop()  # --epochs alone scales the warm-up: 5/60 of 6 epochs, at least one
+    work, _ = calls.pop()  # --epochs alone scales the warm-up: 3/30 of 6 epochs, at least one
     assert {(e.dataset, r.epochs, r.warmup_epochs) for e, r in work} == {("synthetic", 6, 1)}
 
 
