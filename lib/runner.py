@@ -18,7 +18,7 @@ manifest. For each entry, in the order given (the catalogue's priority), resumab
   is set aside by the training itself (renamed, with a one-line message), never blocking it.
 
 Each training is a ``lib.train`` child process; ``jobs`` of them run at once (on two CPU cores two
-1-thread jobs train 11% more images per second than one 2-thread job). SIGTERM or Ctrl-C stops
+1-thread jobs train 8-19% more images per second than one 2-thread job). SIGTERM or Ctrl-C stops
 every child, keeping their resume states; children also die with the runner if it is killed
 outright (``kill -9``), so nothing trains on unseen. Run the same command again to continue.
 """
@@ -240,8 +240,9 @@ def run(work: list[tuple[Entry, Recipe]], folder: str | os.PathLike = catalog.ST
             time.sleep(poll_s if running or waiting else 0)
     except KeyboardInterrupt:
         _stop(running)
-        echo(f"stopped: {len(running)} training(s) interrupted ({', '.join(s.entry.key for s in running.values())}); "
-             f"their resume states keep every finished epoch. Run the same command again to continue.")
+        echo(f"stopped: {len(running)} training(s) interrupted" + (
+            f" ({', '.join(s.entry.key for s in running.values())}); their resume states keep every finished epoch"
+            if running else "") + ". Run the same command again to continue.")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
