@@ -103,7 +103,8 @@ def plan(entry: Entry, recipe: Recipe, folder: Path, state: Path | None = None, 
         return Step(entry, recipe, "train", "from scratch")
     identity = runstate.run_identity(entry.model, entry.dataset, entry.subset, recipe, entry.seed, entry.layout)
     if all(resumable.get(k) == v for k, v in identity.items()):
-        return Step(entry, recipe, "resume", f"after epoch {resumable['epoch']} of {recipe.epochs}")
+        within = f" and {resumable['step']} steps of the next" if resumable["step"] else ""
+        return Step(entry, recipe, "resume", f"after epoch {resumable['epoch']} of {recipe.epochs}{within}")
     return Step(entry, recipe, "train", "from scratch (another run's resume state will be set aside)")
 
 

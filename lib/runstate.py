@@ -129,7 +129,8 @@ def peek_resume(out: str | os.PathLike) -> dict[str, Any] | None:
     if not path.exists():
         return None
     state = read_state(path)
-    return {**{k: state.get(k) for k in IDENTITY}, "epoch": state["epoch"]}
+    return {**{k: state.get(k) for k in IDENTITY}, "epoch": state["epoch"],
+            "step": (state.get("partial") or {}).get("step", 0)}
 
 
 def set_aside(out: str | os.PathLike, why: str) -> Path:

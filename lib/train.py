@@ -37,6 +37,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -129,6 +130,7 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
           recipe: Recipe = FULL_RECIPE, seed: int = 0, out: str | os.PathLike | None = None,
           device: str | torch.device | None = None, resume: bool = False, progress: bool = True,
           data_root: str | os.PathLike | None = None, stop_after_epochs: int | None = None,
+          stop_after_steps: int | None = None,
           status: str | None = None, layout: str | None = None, keep_snapshots: bool = True,
           compile: bool = False, epoch_log: Callable[[dict[str, Any]], None] | None = None,
           eval_every: int = 1) -> dict[str, Any] | None:
@@ -139,7 +141,10 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
     when there is none; a state from a different run (model, layout, data, recipe or seed) is an
     error. Without ``resume`` the run starts clean and discards any old state (saying so).
     ``stop_after_epochs`` ends the run early as an interruption would (the resume state stays;
-    returns ``None``), which is how the tests exercise resuming. ``status`` is "final" or
+    returns ``None``), which is how the tests exercise resuming; ``stop_after_steps`` does the same
+    after that many optimisation steps in all, inside an epoch, as SIGTERM does to the command line:
+    the resume state then keeps the epoch's progress, and the continued run is identical to an
+    uninterrupted one. ``status`` is "final" or
     "provisional" (default: "final" when the recipe is the full one, else "provisional").
     ``layout`` places conv and MSA blocks in a ``resnet``/``alternet`` (see
     :func:`lib.models.parse_layout`). ``keep_snapshots=False`` stores no warm-up snapshot, which
@@ -163,7 +168,7 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
     layout = models.layout_override(model_name, layout)
     args = dict(model_name=model_name, dataset=dataset, subset=subset, recipe=recipe, seed=seed, out=out,
                 device=device, resume=resume, progress=progress, data_root=data_root,
-                stop_after_epochs=stop_after_epochs, status=status, layout=layout,
+                stop_after_epochs=stop_after_epochs, stop_after_steps=stop_after_steps, status=status, layout=layout,
                 keep_snapshots=keep_snapshots, compile=compile, epoch_log=epoch_log, eval_every=eval_every)
     if out is None or _dist_info()[0] != 0:  # one lock per run: rank 0 holds it
         return _train(**args)
@@ -173,7 +178,8 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
 
 def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, seed: int,
            out: str | os.PathLike | None, device: str | torch.device | None, resume: bool, progress: bool,
-           data_root: str | os.PathLike | None, stop_after_epochs: int | None, status: str | None,
+           data_root: str | os.PathLike | None, stop_after_epochs: int | None, stop_after_steps: int | None,
+           status: str | None,
            layout: str | None, keep_snapshots: bool, compile: bool,
            epoch_log: Callable[[dict[str, Any]], None] | None, eval_every: int) -> dict[str, Any] | None:
     status = status or ("final" if recipe == zoo_recipe(subset) else "provisional")
@@ -231,6 +237,7 @@ def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, 
     history: list[dict[str, float]] = []
     snapshots: dict[str, dict[str, torch.Tensor]] = {}
     start_epoch, wall, train_time = 0, 0.0, 0.0
+    partial: dict[str, Any] | None = None  # the epoch a stop interrupted, when resumed inside it
     identity = runstate.run_identity(model_name, dataset, subset, recipe, seed, layout)
     state_file = resume_path(out) if out is not None else None
     state = runstate.load_or_discard(Path(out), identity, resume, device) if out is not None and main_process else None
@@ -243,8 +250,10 @@ def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, 
         _set_rng_state(state["rng"], order_gen, aug_gen, device)
         history, snapshots = state["history"], state["snapshots"]
         start_epoch, wall, train_time = state["epoch"], state["wall_time_s"], state["train_time_s"]
+        partial = state.get("partial")
         if main_process:
-            runstate.say(f"resuming {Path(out).name} after epoch {start_epoch} of {recipe.epochs}")
+            within = f" and {partial['step']} of its {steps_per_epoch} steps" if partial else ""
+            runstate.say(f"resuming {Path(out).name} after epoch {start_epoch} of {recipe.epochs}{within}")
 
     # Per-epoch weight snapshots for the polar trajectory (Park & Kim Fig. 1b): kept on disk beside
     # the checkpoint while training (so resuming keeps them), reduced to numbers at the end.
@@ -255,17 +264,49 @@ def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, 
             trajectory_dir.save(0, model)
 
     local_batch = recipe.batch_size // world
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not (progress and main_process),
+    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch + (partial["step"] if partial else 0),
+               disable=not (progress and main_process),
                desc=f"{model_name} {dataset}" + (f" {subset:g}" if subset else ""), unit="step",
                dynamic_ncols=True, file=sys.stderr)
     end_epoch = recipe.epochs if stop_after_epochs is None else min(recipe.epochs, stop_after_epochs)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         ddp_model.train()
-        order = torch.randperm(len(x_train), generator=order_gen).to(x_train.device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        for step in range(steps_per_epoch):
+        if partial is not None:  # continue the interrupted epoch: same order, same running sums
+            order, first_step = partial["order"].to(x_train.device), partial["step"]
+            loss_sum, correct = partial["loss_sum"].to(device), partial["correct"].to(device)
+            time_before = partial["epoch_time_s"]
+            partial = None
+        else:
+            order = torch.randperm(len(x_train), generator=order_gen).to(x_train.device)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device)
+            first_step, time_before = 0, 0.0
+        for step in range(first_step, steps_per_epoch):
+            done = epoch * steps_per_epoch + step
+            if STOP.is_set() and distributed:  # ranks cannot agree on a step: the last epoch's state stays
+                raise KeyboardInterrupt
+            stop_now = STOP.is_set()
+            asked = stop_after_steps is not None and done >= stop_after_steps
+            if (stop_now or asked) and step > first_step:
+                # A stop between two steps keeps this epoch's progress (the next run continues it);
+                # at an epoch's first step the state of the epoch before is already on disk.
+                elapsed = time.perf_counter() - t0
+                if state_file is not None:
+                    atomic_torch_save({
+                        **identity, "epoch": epoch,
+                        "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "rng": _rng_state(order_gen, aug_gen, device),
+                        "history": history, "snapshots": snapshots, "wall_time_s": wall + elapsed,
+                        "train_time_s": train_time + elapsed,
+                        "partial": {"step": step, "order": order.cpu(), "loss_sum": loss_sum.cpu(),
+                                    "correct": correct.cpu(), "epoch_time_s": time_before + elapsed}}, state_file)
+                bar.close()
+                if stop_now:
+                    raise KeyboardInterrupt
+                return None
+            if stop_now:
+                raise KeyboardInterrupt
             idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
             idx = idx[rank * local_batch:(rank + 1) * local_batch]
             xb = x_train[idx].to(device, non_blocking=True)
@@ -284,8 +325,9 @@ def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, 
             loss_sum, correct, seen = stats[0], stats[1], seen * world
         if cuda:
             torch.cuda.synchronize(device)  # time the epoch's work, not its launches
-        epoch_train_time = time.perf_counter() - t0
-        train_time += epoch_train_time
+        elapsed = time.perf_counter() - t0
+        epoch_train_time = time_before + elapsed  # the whole epoch, across an interruption
+        train_time += elapsed
         if keep_snapshots and epoch + 1 == recipe.warmup_epochs:
             snapshots["warmup"] = half_state_dict(model)
         if main_process:
@@ -336,6 +378,11 @@ def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, 
         state_file.unlink(missing_ok=True)
     trajectory_dir.remove()
     return record
+
+
+#: Set by SIGTERM or Ctrl-C in the command line: the run stops between two optimisation steps,
+#: keeping everything done so far in its resume state (the runner's trainings lose nothing).
+STOP = threading.Event()
 
 
 #: The last epochs of every run are all evaluated: their test NLL is the evidence of convergence.
@@ -394,7 +441,10 @@ def _epoch_line(name: str) -> Callable[[dict[str, Any]], None]:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends a run like Ctrl-C: files are closed, temporaries removed
+    """SIGTERM and Ctrl-C ask the run to stop after the optimisation step in progress."""
+    if STOP.is_set():  # a second signal: stop at once (the last saved state stays)
+        raise KeyboardInterrupt
+    STOP.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--register: the chapters load {entry.key} at the end of warm-up; "
                          f"drop --no-snapshots and keep --warmup-epochs >= 1")
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         record = train(args.model, args.dataset, args.subset, recipe, seed=args.seed, out=out,
                        device=args.device, resume=args.resume, progress=not args.no_progress, status=args.status,
@@ -426,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                        eval_every=args.eval_every)
     except KeyboardInterrupt:
         state = resume_path(out)
-        runstate.say(f"interrupted: {'the resume state ' + str(state) + ' keeps the last finished epoch; rerun with --resume' if state.exists() else 'no epoch had finished'}")
+        runstate.say(f"interrupted: {'the resume state ' + str(state) + ' keeps every finished step; rerun with --resume' if state.exists() else 'nothing had been trained yet'}")
         return 130
     except (ValueError, RuntimeError) as err:
         runstate.say(f"error: {err}")

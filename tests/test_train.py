@@ -1,7 +1,9 @@
 """Training: the recipe lowers the loss, resume is exact, DDP matches one process, bad input fails."""
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import data, metrics, models, train
+from lib import data, metrics, models, runstate, train
 from lib import recipe as recipe_module
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,6 +99,50 @@ def test_resume_after_interruption_is_exact(tmp_path):
                        resumed["snapshots"]["warmup"]["net.head.weight"])
 
 
+def test_a_stop_inside_an_epoch_keeps_its_steps_and_resumes_exactly(tmp_path):
+    recipe = replace(TINY, augment=True, drop_path=0.1, batch_size=128)  # every random generator used
+    half = dict(dataset="synthetic", subset=0.5, recipe=recipe, progress=False)  # 4 steps an epoch
+    straight = train.train("vit", out=tmp_path / "a.pt", **half)
+    out = tmp_path / "b.pt"
+    assert train.train("vit", out=out, stop_after_steps=6, **half) is None
+    state = runstate.read_state(train.resume_path(out))
+    assert state["epoch"] == 1 and state["partial"]["step"] == 2 and runstate.peek_resume(out)["step"] == 2
+    assert train.train("vit", out=out, resume=True, stop_after_steps=7, **half) is None  # again, same epoch
+    assert runstate.read_state(train.resume_path(out))["partial"]["step"] == 3
+    resumed = train.train("vit", out=out, resume=True, **half)
+    for k, v in straight["weights"].items():
+        assert torch.equal(v, resumed["weights"][k]), k
+    assert straight["history"] == resumed["history"] and straight["trajectory"] == resumed["trajectory"]
+    assert straight["test_acc"] == resumed["test_acc"] and not train.resume_path(out).exists()
+
+
+def test_sigterm_stops_between_steps_and_the_run_continues_exactly(tmp_path):
+    """Wherever SIGTERM lands, the command line keeps every finished step and the continued run
+    equals an uninterrupted one."""
+    args = ["--model", "vit", "--dataset", "synthetic", "--subset", "0.5", "--epochs", "2", "--warmup-epochs", "1",
+            "--batch-size", "32", "--augment", "false", "--drop-path", "0", "--no-progress"]
+    one_thread = dict(os.environ, OMP_NUM_THREADS="1")  # the same arithmetic in every run
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "lib.train", *args, "--out", str(out), *extra]
+
+    straight = tmp_path / "a.pt"
+    subprocess.run(command(straight), cwd=REPO, env=one_thread, check=True, capture_output=True)
+    out = tmp_path / "b.pt"
+    proc = subprocess.Popen(command(out), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=one_thread)
+    deadline = time.monotonic() + 120
+    while not train.resume_path(out).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # an epoch has finished: the signal lands in the second
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "keeps every finished step" in err and "Traceback" not in err
+    subprocess.run(command(out, "--resume"), cwd=REPO, env=one_thread, check=True, capture_output=True)
+    a, b = torch.load(straight, weights_only=True), torch.load(out, weights_only=True)
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+    assert a["history"] == b["history"]
+
+
 def test_resume_without_state_starts_fresh_and_a_different_run_is_set_aside(tmp_path, capsys):
     out = tmp_path / "x.pt"
     assert train.train("vit", "synthetic", recipe=TINY, out=out, resume=True, progress=False,
@@ -110,20 +156,21 @@ def test_resume_without_state_starts_fresh_and_a_different_run_is_set_aside(tmp_
     assert (tmp_path / "x.pt.resume.pt.set-aside").read_bytes() == mine  # kept, out of the way
 
 
-@pytest.mark.parametrize("damage", [lambda b: b[:len(b) // 2], lambda b: b"", lambda b: b"not a zip file"])
-def test_an_unreadable_resume_state_is_set_aside_in_one_line(tmp_path, capsys, damage):
-    out = tmp_path / "x.pt"
-    train.train("vit", "synthetic", recipe=TINY, out=out, progress=False, stop_after_epochs=1)
+def test_an_unreadable_resume_state_is_set_aside_in_one_line(tmp_path, capsys):
+    out, tiny = tmp_path / "x.pt", dict(recipe=TINY, progress=False)  # one step an epoch on a quarter
+    train.train("vit", "synthetic", 0.25, out=out, stop_after_epochs=1, **tiny)
     state = train.resume_path(out)
-    state.write_bytes(damage(state.read_bytes()))
-    capsys.readouterr()
-    record = train.train("vit", "synthetic", recipe=TINY, out=out, resume=True, progress=False)
-    err = capsys.readouterr().err
-    assert err.startswith("set aside x.pt.resume.pt (cannot be read") and len(err.strip().splitlines()) == 1
-    assert "Traceback" not in err and len(record["history"]) == 2
+    good = state.read_bytes()
+    for damaged in (good[:len(good) // 2], b"", b"not a zip file"):
+        state.write_bytes(damaged)
+        capsys.readouterr()
+        record = train.train("vit", "synthetic", 0.25, out=out, resume=True, stop_after_epochs=1, **tiny)
+        err = capsys.readouterr().err
+        assert err.startswith("set aside x.pt.resume.pt (cannot be read") and len(err.strip().splitlines()) == 1
+        assert "Traceback" not in err and record is None and runstate.peek_resume(out)["epoch"] == 1
     # a fresh run (no resume) over an unreadable state discards it, also in one line
     state.write_bytes(b"garbage")
-    train.train("vit", "synthetic", recipe=TINY, out=out, progress=False)
+    assert len(train.train("vit", "synthetic", 0.25, out=out, **tiny)["history"]) == 2
     err = capsys.readouterr().err
     assert "discarding an old run's resume state" in err and len(err.strip().splitlines()) == 1
 
