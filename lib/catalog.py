@@ -29,6 +29,7 @@ import torch
 
 from . import models
 from .io import atomic_write_json
+from .recipe import CONVERGENCE_EPOCHS
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKPOINT_DIR = REPO / "data" / "checkpoints"
@@ -291,6 +292,9 @@ def _manifest_entry(path: Path, entry: Entry, record: dict[str, Any]) -> dict[st
         "device": record["device"], "status": record["status"],
         "stages": ["final"] + sorted(record["snapshots"]),
         "wall_time_s": round(record["wall_time_s"], 1), "images_per_s": round(record["images_per_s"], 1),
+        # evidence of convergence: the test NLL of the last epochs, all of which are measured
+        "test_nll_last_epochs": [round(h["test_loss"], 4) for h in record.get("history", [])
+                                 if "test_loss" in h][-CONVERGENCE_EPOCHS:],
     }
 
 

@@ -53,8 +53,8 @@ from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the 
 from . import catalog, data, models, runstate
 from .metrics import evaluate
 from .io import atomic_torch_save, half_state_dict, load_half_state_dict
-from .recipe import (FULL_RECIPE, RECIPE_TYPES, Recipe, add_recipe_arguments, fraction, lr_factor,
-                     param_groups, recipe_from_args, zoo_recipe)
+from .recipe import (CONVERGENCE_EPOCHS, FULL_RECIPE, RECIPE_TYPES, Recipe, add_recipe_arguments, fraction,
+                     lr_factor, param_groups, recipe_from_args, zoo_recipe)
 from .runstate import resume_path, run_lock, trajectory_path
 from .trajectory import SnapshotFolder, flat_parameters
 
@@ -383,10 +383,6 @@ def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, 
 #: Set by SIGTERM or Ctrl-C in the command line: the run stops between two optimisation steps,
 #: keeping everything done so far in its resume state (the runner's trainings lose nothing).
 STOP = threading.Event()
-
-
-#: The last epochs of every run are all evaluated: their test NLL is the evidence of convergence.
-CONVERGENCE_EPOCHS = 5
 
 
 def is_evaluated(epoch: int, epochs: int, eval_every: int) -> bool:

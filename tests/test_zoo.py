@@ -37,6 +37,8 @@ def test_manifest_entry(trained):
     assert entry["sha256"] == zoo.sha256(out) and entry["bytes"] == out.stat().st_size
     assert entry["status"] == "provisional" and entry["epochs"] == 1 and entry["stages"] == ["final", "warmup"]
     assert entry["params"] == models.count_parameters(models.build("vit"))
+    record = torch.load(out, weights_only=True)
+    assert entry["test_nll_last_epochs"] == [round(h["test_loss"], 4) for h in record["history"]][-5:]
 
 
 def test_round_trip(folder):
