@@ -1,7 +1,7 @@
 """Train a list of zoo entries so that the run as a whole survives anything, and stage what finishes.
 
 ``python -m lib.zoo train`` (and ``make zoo``) come here. Each training runs in a *state folder*
-outside the work tree (:func:`lib.runstate.state_dir`), where its per-epoch resume state and weight
+outside the work tree (:func:`lib.zoo.runstate.state_dir`), where its per-epoch resume state and weight
 snapshots live until it ends; a finished checkpoint is verified (it is the run asked for, its test
 metrics are finite), copied into the destination folder (by default the staging area
 ``data/checkpoints/next/``, which the chapters never load) and registered in that folder's own
@@ -17,7 +17,7 @@ manifest. For each entry, in the order given (the catalogue's priority), resumab
 * anything else trains from scratch; a resume state that cannot be read or belongs to another run
   is set aside by the training itself (renamed, with a one-line message), never blocking it.
 
-Each training is a ``lib.train`` child process; ``jobs`` of them run at once (on two CPU cores two
+Each training is a ``lib.zoo.train`` child process; ``jobs`` of them run at once (on two CPU cores two
 1-thread jobs train 8-19% more images per second than one 2-thread job). SIGTERM or Ctrl-C stops
 every child, keeping their resume states; children also die with the runner if it is killed
 outright (``kill -9``), so nothing trains on unseen. Run the same command again to continue.
@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from . import catalog, runstate
 from .catalog import Entry, ZooError
-from .io import atomic_write
+from ..core.io import atomic_write
 from .recipe import Recipe, recipe_flags, zoo_recipe
 
 ACTIONS: tuple[str, ...] = ("skip", "register", "stage", "busy", "resume", "train")
@@ -112,7 +112,7 @@ def stage(entry: Entry, recipe: Recipe, state: Path, folder: Path) -> dict[str, 
     """Verify the finished run of ``entry`` in ``state``, copy it into ``folder`` and register it there.
 
     The copy is atomic and the state folder's file is removed only once the destination's manifest
-    lists it. Raises :class:`~lib.catalog.ZooError` when the file is not the run asked for or its
+    lists it. Raises :class:`~lib.zoo.catalog.ZooError` when the file is not the run asked for or its
     test metrics are not finite.
     """
     work, dest = state / entry.filename, folder / entry.filename
@@ -141,12 +141,12 @@ def _die_with_parent() -> None:
 
 
 def child_command(step: Step, state: Path, device: str, progress: bool, compile: bool) -> list[str]:
-    """The ``lib.train`` command line that carries out ``step`` in the state folder ``state``.
+    """The ``lib.zoo.train`` command line that carries out ``step`` in the state folder ``state``.
 
-    Every child resumes where it can: ``lib.train --resume`` continues a state of the same run,
+    Every child resumes where it can: ``lib.zoo.train --resume`` continues a state of the same run,
     and sets aside (with a line saying so) one it cannot continue.
     """
-    argv = [sys.executable, "-m", "lib.train", *step.entry.train_args(), "--out", str(state / step.entry.filename),
+    argv = [sys.executable, "-m", "lib.zoo.train", *step.entry.train_args(), "--out", str(state / step.entry.filename),
             "--device", device, *recipe_flags(step.recipe, base=zoo_recipe(step.entry.subset)), "--resume"]
     if step.entry.subset is not None:
         argv += ["--eval-every", str(SUBSET_EVAL_EVERY)]
@@ -176,7 +176,14 @@ def _stop(running: dict[subprocess.Popen, Step], grace_s: float = 60.0) -> None:
             proc.wait()
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """Turn the first SIGTERM or Ctrl-C into KeyboardInterrupt and ignore the ones after it.
+
+    A stop request often arrives twice (``make`` passes its SIGTERM on to the runner, and a ``kill``
+    of the process group reaches it too); the second must not cut short the stopping of the children.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -186,7 +193,7 @@ def run(work: list[tuple[Entry, Recipe]], folder: str | os.PathLike = catalog.ST
         poll_s: float = 0.2) -> int:
     """Train every ``(entry, recipe)`` of ``work`` that ``folder`` lacks, in ``state``; 0 when all are done.
 
-    ``state`` defaults to :func:`lib.runstate.state_dir`. An entry that another process is training
+    ``state`` defaults to :func:`lib.zoo.runstate.state_dir`. An entry that another process is training
     takes a job slot until that process ends; then the runner stages it, or continues it. Returns 1
     when a training failed (the others still run), 130 when stopped by a signal.
     """
@@ -215,7 +222,7 @@ def run(work: list[tuple[Entry, Recipe]], folder: str | os.PathLike = catalog.ST
     running: dict[subprocess.Popen, Step] = {}
     trained = 0
     started = time.monotonic()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {signum: signal.signal(signum, _interrupt_once) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         while queue or running or waiting:
             for step in [s for s in waiting if not runstate.is_training(state / s.entry.filename)]:
@@ -246,7 +253,8 @@ def run(work: list[tuple[Entry, Recipe]], folder: str | os.PathLike = catalog.ST
             if running else "") + ". Run the same command again to continue.")
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     echo(f"zoo: {trained} trained, {counts['skip']} already done, {len(failed)} failed "
          f"in {(time.monotonic() - started) / 60:.1f} min")
     return 1 if failed else 0
@@ -268,7 +276,7 @@ def _finish(step: Step, folder: Path, state: Path, failed: list[Step], echo: Cal
 def schedule(entries: list[Entry], recipes: dict[float | None, Recipe] | None = None,
              short: dict[float | None, tuple[int, int]] | None = None) -> list[tuple[Entry, Recipe]]:
     """Pair each entry with its recipe: ``recipes[subset]``, else the zoo's recipe for its subset
-    (:func:`lib.recipe.zoo_recipe`); with ``short``, shortened per subset to its (epochs, warm-up)."""
+    (:func:`lib.zoo.recipe.zoo_recipe`); with ``short``, shortened per subset to its (epochs, warm-up)."""
     work = []
     for e in entries:
         recipe = recipes[e.subset] if recipes is not None else zoo_recipe(e.subset)
