@@ -36,14 +36,14 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-# Fashion-MNIST: Debian's package where apt-get is available, then lib.data copies it into data/.
+# Fashion-MNIST: Debian's package where apt-get is available, then lib.core.data copies it into data/.
 data: $(STAMP)
 	@if [ ! -d $(DEBIAN_FMNIST) ] && [ ! -f data/FashionMNIST/raw/t10k-labels-idx1-ubyte ] && command -v apt-get >/dev/null; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
-	    || echo "warning: could not install Debian's dataset-fashion-mnist; lib.data will try a download"; \
+	    || echo "warning: could not install Debian's dataset-fashion-mnist; lib.core.data will try a download"; \
 	fi
-	$(PY) -c "from lib import data; data.ensure_fashion_mnist()"
+	$(PY) -c "from lib.core import data; data.ensure_fashion_mnist()"
 
 # The stored outputs are compared digit for digit, and the float kernels PyTorch, MKL and oneDNN
 # pick depend on the CPU's instruction set: the same chapter gives other last digits (and other

@@ -13,7 +13,6 @@ This is a benchmark, not a test: it reports and never fails on a slow machine, e
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import time

@@ -1,11 +1,11 @@
-"""Benchmark: minibatch linear CKA with lib.similarity vs the torch-cka package.
+"""Benchmark: minibatch linear CKA with lib.analyses.similarity vs the torch-cka package.
 
 Both tools get the same two models (the zoo ViT and ResNet, eval mode), the same units (every
-residual unit of :func:`lib.blocks.blocks` but the head; torch-cka hooks them by name on an
+residual unit of :func:`lib.core.blocks.blocks` but the head; torch-cka hooks them by name on an
 ``nn.Sequential`` of the same unit modules), the same test images in the same batches, and the same
 estimator (the unbiased HSIC of Song et al. averaged over batches, Nguyen et al. 2021). The
 difference is the implementation: torch-cka computes every Gram matrix once per *pair* of units,
-in float32, with a host sync per pair; lib.similarity computes each Gram once per batch, in
+in float32, with a host sync per pair; lib.analyses.similarity computes each Gram once per batch, in
 float64, and every pair's HSIC in one contraction. Agreement is the largest absolute difference of
 the two CKA matrices (float32 rounding in the peer bounds it from below).
 
@@ -30,7 +30,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib import blocks, data, similarity, zoo  # noqa: E402
+from lib.core import blocks, data  # noqa: E402
+from lib.zoo import checkpoints  # noqa: E402
+from lib.analyses import similarity  # noqa: E402
 
 try:
     from torch_cka import CKA  # noqa: E402
@@ -49,8 +51,8 @@ def as_sequential(model: nn.Module) -> tuple[nn.Sequential, list[str]]:
 
 def main() -> int:
     torch.manual_seed(SEED)
-    model_a, _ = zoo.load(MODELS[0])
-    model_b, _ = zoo.load(MODELS[1])
+    model_a, _ = checkpoints.load(MODELS[0])
+    model_b, _ = checkpoints.load(MODELS[1])
     x, y = data.load("fashion-mnist", train=False)
     x, y = data.seeded_sample(x, y, IMAGES, seed=SEED)
 
@@ -61,7 +63,7 @@ def main() -> int:
     seq_a, layers_a = as_sequential(model_a)
     seq_b, layers_b = as_sequential(model_b)
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False)
-    print(f"    {MODELS[0]} × {MODELS[1]}: timing lib.similarity done, now torch-cka (a minute or two on a CPU)",
+    print(f"    {MODELS[0]} × {MODELS[1]}: timing lib.analyses.similarity done, now torch-cka (a minute or two on a CPU)",
           file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with warnings.catch_warnings(), torch.no_grad():

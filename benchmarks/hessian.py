@@ -1,4 +1,4 @@
-"""Benchmark: the top-5 Hessian eigenvalues with lib.hessian (Lanczos) vs PyHessian (power iteration).
+"""Benchmark: the top-5 Hessian eigenvalues with lib.analyses.hessian (Lanczos) vs PyHessian (power iteration).
 
 Both tools get the same model (the zoo ViT, eval mode, explicit attention), the same augmented
 training batch, the same loss (mean cross-entropy) and the same tolerance (1e-3), and build the
@@ -26,7 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib import data, hessian, zoo  # noqa: E402
+from lib.core import data  # noqa: E402
+from lib.zoo import checkpoints  # noqa: E402
+from lib.analyses import hessian  # noqa: E402
 
 try:
     import pyhessian  # noqa: E402
@@ -45,7 +47,7 @@ def _sorted(values) -> np.ndarray:
 
 def main() -> int:
     torch.manual_seed(SEED)
-    model, _ = zoo.load(MODEL)
+    model, _ = checkpoints.load(MODEL)
     x, y = data.load("fashion-mnist", train=True)
     (xb, yb), = hessian.spectrum_batches(x, y, n_batches=1, batch_size=BATCH, seed=SEED)
 
@@ -56,7 +58,7 @@ def main() -> int:
     del warm
 
     # ours: graph + Lanczos
-    print(f"    {MODEL}, batch {BATCH}: timing lib.hessian, then PyHessian (a few minutes on a CPU)",
+    print(f"    {MODEL}, batch {BATCH}: timing lib.analyses.hessian, then PyHessian (a few minutes on a CPU)",
           file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     ours = hessian.top_eigenvalues(model, xb, yb, k=K, method="lanczos", tol=TOL, seed=SEED)
@@ -105,7 +107,7 @@ def main() -> int:
 
 def minmax(model, xb, yb) -> None:
     """``bench hessian_minmax``: both ends of the same batch's spectrum, certified in one Lanczos run
-    (:func:`lib.krylov.extreme_eigenvalues`, the chapters' setting), against the usual recipe with
+    (:func:`lib.analyses.krylov.extreme_eigenvalues`, the chapters' setting), against the usual recipe with
     power-iteration tools: λ_max by power iteration, then power iteration on the shifted operator
     H − λ_max·I, whose dominant eigenvalue is λ_min − λ_max, each to the same tolerance and at
     most 100 products (PyHessian's default). Errors are against a long two-ended Lanczos run, both

@@ -1,6 +1,6 @@
 """Loss-landscape benchmark: our surfaces against a plain forward pass and against ``loss-landscapes``.
 
-What is measured, on one zoo model at a time (``lib.zoo.load``), the same fixed images
+What is measured, on one zoo model at a time (``lib.zoo.checkpoints.load``), the same fixed images
 (``landscape_data``: ``--n`` augmented, class-balanced training images) and one batch of all of them
 per forward pass, in eval mode, on the CPU with ``--threads`` torch threads for every measurement:
 
@@ -58,7 +58,8 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lib import landscape, zoo  # noqa: E402
+from lib.zoo import checkpoints  # noqa: E402
+from lib.analyses import landscape  # noqa: E402
 
 DISTANCE = 10  # loss_landscapes.random_plane's scale: its plane spans ±‖w₀‖/(2·DISTANCE) per direction
 
@@ -127,7 +128,7 @@ def peer_grid(model: nn.Module, points: list[torch.Tensor], steps: int
 
 
 def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, steps: int, repeats: int) -> None:
-    model, _ = zoo.load(name)
+    model, _ = checkpoints.load(name)
     model.eval()
     n = len(y)
     if any(not p.requires_grad for p in model.parameters()):

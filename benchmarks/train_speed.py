@@ -1,6 +1,6 @@
 """Training speed of every zoo model against the machine's floor: images/s, GFLOP/s, share of peak.
 
-What is measured: the zoo's own training step (:func:`lib.train.training_step`: augmentation,
+What is measured: the zoo's own training step (:func:`lib.zoo.train.training_step`: augmentation,
 forward, label-smoothed loss, backward, clipping, AdamW, schedule) on batches of Fashion-MNIST at
 the recipe's batch size, for ``--steps`` steps after ``--warmup`` untimed ones, on the CPU with
 ``--threads`` threads. The FLOPs of one training image (forward and backward, counted by
@@ -13,7 +13,7 @@ Settings (``--settings``), one line each::
 
     bench train_speed model=vit setting=fp32 threads=2 images_per_s=… gflops=… peak_gflops=… share=…
 
-* ``fp32``: what ``lib.train`` does (channels-last memory for the convolutional models);
+* ``fp32``: what ``lib.zoo.train`` does (channels-last memory for the convolutional models);
 * ``contiguous``: the convolutional models without channels-last memory;
 * ``bf16``: oneDNN's bf16 arithmetic for fp32 matmuls and convolutions (``torch.backends.mkldnn``);
 * ``compile``: the step's model through ``torch.compile``;
@@ -40,8 +40,9 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lib import data, models, train  # noqa: E402
-from lib.recipe import FULL_RECIPE, lr_factor, param_groups  # noqa: E402
+from lib.core import data, models  # noqa: E402
+from lib.zoo import train  # noqa: E402
+from lib.zoo.recipe import FULL_RECIPE, lr_factor, param_groups  # noqa: E402
 
 SETTINGS = ("fp32", "contiguous", "bf16", "compile", "2x1")
 
@@ -54,7 +55,7 @@ def _set_bf16(on: bool) -> None:
 
 
 def _setup(name: str, channels_last: bool, compile: bool):
-    """The model, optimiser, schedule and step model exactly as ``lib.train`` builds them."""
+    """The model, optimiser, schedule and step model exactly as ``lib.zoo.train`` builds them."""
     torch.manual_seed(0)
     model = models.build(name, in_chans=1, num_classes=10, img_size=28, mean=[0.286], std=[0.353],
                          drop_path_rate=FULL_RECIPE.drop_path)

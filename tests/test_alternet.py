@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from lib import alternet, blocks, models
+from lib.core import blocks, models
+from lib.analyses import alternet
 
 
 def test_replace_block_and_positions():

@@ -1,4 +1,4 @@
-"""lib.attention: attention maps, distances and ring strength against brute-force and hand-made
+"""lib.analyses.attention: attention maps, distances and ring strength against brute-force and hand-made
 answers, rollout against hand products, head masking against zeroed output-projection weights,
 head importance and the gradient proxy against independent forward passes and autograd, pruning,
 k-means and the pattern vocabulary."""
@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib import attention, blocks, models
-from lib.blocks import UnitInfo
+from lib.core import blocks, models
+from lib.analyses import attention
+from lib.core.blocks import UnitInfo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -702,7 +703,7 @@ def test_attention_units_refuse_the_resnet_and_foreign_modules():
     """ResNet: ValueError naming the models with attention; anything but a Classifier: TypeError."""
     with pytest.raises(ValueError, match="vit, vit_local3, vit_local5, pit and alternet"):
         attention.attention_units(build("resnet"))
-    with pytest.raises(TypeError, match="lib.models.build"):
+    with pytest.raises(TypeError, match="lib.core.models.build"):
         attention.attention_units(nn.Linear(3, 3))
     with pytest.raises(TypeError):
         attention.attention_units(build("vit").net)

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from lib import claims, stats
-from lib.claims import judge, not_testable
+from lib.report import claims, stats
+from lib.report.claims import judge, not_testable
 
 
 def est(low, high, value=None, test="Welch t, df = 3.7", n=6, df=3.7):

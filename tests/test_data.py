@@ -1,4 +1,4 @@
-"""Tests for lib/data.py and lib/datafiles.py: file resolution on fake files, subsets, augmentation, synthetic data, batching."""
+"""Tests for lib/core/data.py and lib/core/datafiles.py: file resolution on fake files, subsets, augmentation, synthetic data, batching."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-from lib import data, datafiles  # noqa: E402
-from lib.data import DataNotFoundError  # noqa: E402
+from lib.core import data, datafiles  # noqa: E402
+from lib.core.data import DataNotFoundError  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # Helpers that write fake data sets in the on-disk formats
@@ -176,7 +176,7 @@ def test_fashion_real_debian_files(tmp_path):
 def test_default_root(monkeypatch, tmp_path):
     assert data.DATA_ROOT.is_absolute()
     monkeypatch.delenv("HOWVITS_DATA", raising=False)
-    assert data._default_root() == Path(data.__file__).resolve().parent.parent / "data"
+    assert data._default_root() == Path(__file__).resolve().parent.parent / "data"  # the repository's data/
     monkeypatch.setenv("HOWVITS_DATA", str(tmp_path))
     assert data._default_root() == tmp_path
 

@@ -1,4 +1,4 @@
-"""lib.features: unit outputs, feature-map variance and lesions against direct computations."""
+"""lib.analyses.features: unit outputs, feature-map variance and lesions against direct computations."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import blocks, features, metrics, models
+from lib.core import blocks, metrics, models
+from lib.analyses import features
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""lib.featurevis: total variation against hand loops, activation maximisation on objectives with
+"""lib.analyses.featurevis: total variation against hand loops, activation maximisation on objectives with
 known maxima (a linear filter, a smooth random network), augmentations against rolls and exact
 identities, neuron activations against forward hooks on the models' own modules, top images and
 spreads against independent sorts and deviations, the position probe against images whose tokens
@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from lib import attention, blocks, featurevis, models
-from lib.featurevis import Augment, Neuron
+from lib.core import blocks, models
+from lib.analyses import attention, featurevis
+from lib.analyses.featurevis import Augment, Neuron
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -127,7 +128,7 @@ def test_total_variation_is_the_documented_mean_on_a_hand_case():
     assert pooled == pytest.approx(0.25) and mean_of_directions == pytest.approx(0.25)
     got = float(featurevis.total_variation(x)[0])
     assert got == pytest.approx(0.25, rel=1e-12), (
-        f"BUG in lib.featurevis: total_variation's docstring promises 'the mean absolute difference between "
+        f"BUG in lib.analyses.featurevis: total_variation's docstring promises 'the mean absolute difference between "
         f"horizontal, vertical and both diagonal neighbours' (here 0.25, pooled or averaged over the four "
         f"directions), but it returns {got}: the SUM of the four per-direction means, 4x the documented mean")
 
@@ -459,7 +460,7 @@ def test_non_zoo_models_and_empty_neuron_lists_are_refused():
                  lambda: featurevis.neuron_spread(plain, "block0.mlp", x),
                  lambda: featurevis.position_probe(plain, x, x),
                  lambda: featurevis.cls_isolated(plain, 0).__enter__()):
-        with pytest.raises(TypeError, match="zoo model built by lib.models.build"):
+        with pytest.raises(TypeError, match="zoo model built by lib.core.models.build"):
             call()
     vit = build("vit")
     for call in (lambda: featurevis.neuron_activations(vit, [], x), lambda: featurevis.neuron_objective(vit, [])):

@@ -15,7 +15,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-from lib import blocks, fourier, models  # noqa: E402
+from lib.core import blocks, models  # noqa: E402
+from lib.analyses import fourier  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -236,7 +237,7 @@ def test_high_frequency_changes_per_image(name):
 def test_high_frequency_changes_of_a_known_filter():
     """A unit that multiplies the top diagonal bin by 1/9 relative to DC lowers it by log 9 in every image."""
     class Blur(nn.Module):  # the 3×3 box blur with circular padding: gain 1 at DC, 1/9 at (π, π)
-        downsample = None  # read by lib.blocks like a ResNet block's attribute
+        downsample = None  # read by lib.core.blocks like a ResNet block's attribute
 
         def forward(self, z):
             return sum(torch.roll(z, (a, b), (-2, -1)) for a in (-1, 0, 1) for b in (-1, 0, 1)) / 9

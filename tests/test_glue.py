@@ -92,7 +92,7 @@ def test_every_paste_has_a_stored_glue(page):
 def test_prose_types_no_result_number(page):
     typed = typed_numbers(markdown_of(page))
     assert not typed, (f"{page.name} types result numbers into its prose: {typed[:12]}; compute and "
-                       "glue them (lib.claims.glue_number / glue_text) and paste with {glue:text}")
+                       "glue them (lib.report.claims.glue_number / glue_text) and paste with {glue:text}")
 
 
 def _small_book(root: Path, glue_key_removed: str | None) -> Path:

@@ -1,4 +1,4 @@
-"""lib.hessian against exact answers: the dense Hessian of tiny models and known matrices."""
+"""lib.analyses.hessian against exact answers: the dense Hessian of tiny models and known matrices."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lib import data, hessian, landscape, models
+from lib.core import data, models
+from lib.analyses import hessian, landscape
 
 
 def tiny_mlp(seed: int = 0) -> nn.Module:

@@ -1,10 +1,10 @@
-"""lib.krylov.extreme_eigenvalues against numpy.linalg.eigvalsh on constructed spectra and a dense Hessian."""
+"""lib.analyses.krylov.extreme_eigenvalues against numpy.linalg.eigvalsh on constructed spectra and a dense Hessian."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from lib import hessian, krylov
+from lib.analyses import hessian, krylov
 from test_hessian import SymmetricOp as MatrixOp, spectrum_matrix as matrix_with  # shared test helpers
 
 pytestmark = pytest.mark.usefixtures("one_thread")

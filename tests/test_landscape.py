@@ -14,7 +14,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-from lib import data, landscape, metrics, models  # noqa: E402
+from lib.core import data, metrics, models  # noqa: E402
+from lib.analyses import landscape  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib import metrics
+from lib.core import metrics
 
 
 def test_evaluation_matches_the_logits_image_by_image():

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from lib import blocks as B
-from lib import models
+from lib.core import blocks as B
+from lib.core import models
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lib import blocks, models, plots  # noqa: E402
+from lib.core import blocks, models  # noqa: E402
+from lib.report import plots  # noqa: E402
 
 
 def spans(ax) -> list[tuple[float, float, tuple]]:

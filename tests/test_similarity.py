@@ -1,4 +1,4 @@
-"""lib.similarity: minibatch linear CKA against exact and independent answers, skip ratios against
+"""lib.analyses.similarity: minibatch linear CKA against exact and independent answers, skip ratios against
 the units' own outputs, spatial localisation on the patch embedding."""
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib import blocks, models, similarity, stats
+from lib.core import blocks, models
+from lib.analyses import similarity
+from lib.report import stats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from lib import stats
+from lib.report import stats
 
 
 def test_pooled_std_by_hand():

@@ -1,10 +1,10 @@
 """Model summaries: FLOP counts against hand-computed values, unit tables against the model."""
 import pytest
-import torch
 from torch import nn
 
-from lib import blocks as B
-from lib import models, summary
+from lib.core import blocks as B
+from lib.core import models
+from lib.analyses import summary
 
 
 def test_flops_of_a_linear_and_a_conv_layer():
@@ -13,7 +13,7 @@ def test_flops_of_a_linear_and_a_conv_layer():
     assert summary.count_flops(conv, (2, 8, 8)) == 2 * (8 * 8) * 4 * (2 * 9)
 
 
-# Hand counts from the architecture numbers in lib/models.py (28×28 inputs, 1 channel, 10 classes):
+# Hand counts from the architecture numbers in lib/core/models.py (28×28 inputs, 1 channel, 10 classes):
 # a multiply-add is 2 FLOPs; biases, norms, activations, softmax and pooling are not counted.
 
 def conv(out_side: int, in_per_group: int, out_chs: int, k: int) -> int:

@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import data, metrics, models, runstate, train
-from lib import recipe as recipe_module
+from lib.core import data, metrics, models
+from lib.zoo import runstate, train
+from lib.zoo import recipe as recipe_module
 
 REPO = Path(__file__).resolve().parent.parent
 # Small, fast and deterministic: no augmentation or drop-path noise unless a test asks for it.
@@ -124,7 +125,7 @@ def test_sigterm_stops_between_steps_and_the_run_continues_exactly(tmp_path):
     one_thread = dict(os.environ, OMP_NUM_THREADS="1")  # the same arithmetic in every run
 
     def command(out: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "lib.train", *args, "--out", str(out), *extra]
+        return [sys.executable, "-m", "lib.zoo.train", *args, "--out", str(out), *extra]
 
     straight = tmp_path / "a.pt"
     subprocess.run(command(straight), cwd=REPO, env=one_thread, check=True, capture_output=True)
@@ -229,13 +230,13 @@ def test_lr_schedule():
 def test_cli_trains_and_prints_summary(tmp_path):
     out = tmp_path / "pit.pt"
     proc = subprocess.run(
-        [sys.executable, "-m", "lib.train", "--model", "pit", "--dataset", "synthetic", "--epochs", "1",
+        [sys.executable, "-m", "lib.zoo.train", "--model", "pit", "--dataset", "synthetic", "--epochs", "1",
          "--warmup-epochs", "0", "--batch-size", "512", "--augment", "false", "--out", str(out), "--no-progress",
          "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "pit on synthetic: test accuracy" in proc.stdout
     assert out.exists()
-    bad = subprocess.run([sys.executable, "-m", "lib.train", "--model", "vgg", "--out", str(out)],
+    bad = subprocess.run([sys.executable, "-m", "lib.zoo.train", "--model", "vgg", "--out", str(out)],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "invalid choice: 'vgg'" in bad.stderr
 
@@ -248,7 +249,7 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "lib.train", "--model", "vit", "--dataset", "synthetic", "--epochs", "1", "--warmup-epochs", "0",
+         "-m", "lib.zoo.train", "--model", "vit", "--dataset", "synthetic", "--epochs", "1", "--warmup-epochs", "0",
          "--batch-size", str(recipe.batch_size), "--lr", str(recipe.lr), "--drop-path", "0",
          "--augment", "false", "--device", "cpu", "--out", str(out), "--no-progress"],
         cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
@@ -295,7 +296,7 @@ def test_cli_checks_out_and_register_before_training(tmp_path, capsys):
 
 
 def test_epochs_alone_scales_the_warmup(capsys):
-    from lib import recipe
+    from lib.zoo import recipe
     parser = train._parser()
     args = parser.parse_args(["--model", "vit", "--out", "x.pt", "--epochs", "3"])
     assert train.recipe_from_args(args, parser) == replace(train.FULL_RECIPE, epochs=3, warmup_epochs=1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lib import trajectory
+from lib.zoo import trajectory
 
 
 def test_polar_trajectory_by_hand():

@@ -21,7 +21,7 @@ chapter this check
    it again: the second run must reuse the clone rather than fail.
 
 Outputs are not compared with the stored ones (they may differ in the last digits on other
-package versions); every cell must run. The data come from wherever the clone's ``lib.data``
+package versions); every cell must run. The data come from wherever the clone's ``lib.core.data``
 finds them (Debian's package here, a download on Colab). Prints one line per chapter with the
 package versions used; exits 0 when every chapter passes, 1 otherwise, 2 when the check cannot
 run. ``--venv DIR --reuse`` keeps and reuses an environment between runs (quicker, not fresh).

@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from . import models
+from ..core import models
 
 #: What :func:`build_rule` reports for each candidate layout.
 OUTCOMES: tuple[str, ...] = ("start", "kept", "rejected", "unscored")

@@ -1,7 +1,7 @@
 """Attention in the zoo's transformers: maps, distances, strength by distance, rollout, head
 importance and the vocabulary of attention patterns.
 
-Every multi-head self-attention (MSA) unit of :func:`lib.blocks.blocks` is described by an
+Every multi-head self-attention (MSA) unit of :func:`lib.core.blocks.blocks` is described by an
 :class:`AttentionUnit`: the ViTs' and PiT's timm ``Attention`` and AlterNet's windowed MSA blocks
 (timm's ``WindowAttention``). What this module measures, after Raghu et al. (2021), the ViT paper
 and Li et al. (2023):
@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import blocks as blocks_lib
-from .blocks import AboutUnit, UnitInfo
-from .models import Classifier, MSABlock, PreActResNet, eval_mode
+from ..core import blocks as blocks_lib
+from ..core.blocks import AboutUnit, UnitInfo
+from ..core.models import Classifier, MSABlock, PreActResNet, eval_mode
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ from .models import Classifier, MSABlock, PreActResNet, eval_mode
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AttentionUnit(AboutUnit):
-    """One MSA unit: its :class:`~lib.blocks.UnitInfo`, the attention module and its geometry.
+    """One MSA unit: its :class:`~lib.core.blocks.UnitInfo`, the attention module and its geometry.
 
     ``module`` is the timm attention module (its ``proj`` is the output projection that heads feed);
     ``heads`` its number of heads; ``pixels`` the distance in input pixels between neighbouring
@@ -66,11 +66,11 @@ class AttentionUnit(AboutUnit):
 
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, Classifier):
-        raise TypeError(f"attention analyses need a zoo model built by lib.models.build, got {type(model).__name__}")
+        raise TypeError(f"attention analyses need a zoo model built by lib.core.models.build, got {type(model).__name__}")
 
 
 def attention_units(model: nn.Module) -> list[AttentionUnit]:
-    """The MSA units of ``model`` in the order of :func:`lib.blocks.blocks`.
+    """The MSA units of ``model`` in the order of :func:`lib.core.blocks.blocks`.
 
     Raises ``ValueError`` for a model without attention (the ResNet), naming the models that have it.
     """

@@ -4,7 +4,7 @@
 rescaled to the weights' norms per output filter (Li et al., the default) or across the first axis
 (what Park & Kim's code does); biases, norm affines and positional embeddings get zero, so a
 direction is comparable across architectures whose weights have different scales.
-:func:`direction_cosine` measures how alike two directions are. :mod:`lib.landscape` evaluates the
+:func:`direction_cosine` measures how alike two directions are. :mod:`lib.analyses.landscape` evaluates the
 loss along them. Directions are lists of tensors in ``model.parameters()`` order (trainable only).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _check_normalization(normalization: str) -> None:
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """``(name, parameter)`` for every trainable parameter, in ``named_parameters`` order.
 
-    Directions and surfaces use this order (as does :func:`lib.trajectory.flat_parameters`).
+    Directions and surfaces use this order (as does :func:`lib.zoo.trajectory.flat_parameters`).
     """
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 

@@ -1,4 +1,4 @@
-"""Unit outputs, feature-map variance and the lesion study, on the residual units of :mod:`lib.blocks`.
+"""Unit outputs, feature-map variance and the lesion study, on the residual units of :mod:`lib.core.blocks`.
 
 Park & Kim (2022) walk a model unit by unit: Fig. 6 measures how much each unit's output varies
 over space (MSAs reduce the variance, convolutions and MLPs increase it), Fig. 7 removes one
@@ -21,17 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import blocks as blocks_lib
-from .blocks import UnitInfo, unit_infos  # noqa: F401  (the chapters find them here too)
-from . import data
+from ..core import blocks as blocks_lib
+from ..core.blocks import UnitInfo, unit_infos  # noqa: F401  (the chapters find them here too)
+from ..core import data
 
 
 def unit_roles(units: list) -> list[str]:
     """What each unit does, for per-kind tables: its ``kind``, or ``"subsampling"`` where it starts
     a new stage (its input and output differ in resolution, so its change is not the kind's).
 
-    ``units`` are :class:`lib.blocks.UnitInfo` or anything else with ``kind`` and ``stage`` (e.g.
-    :class:`lib.fourier.UnitProfile`); the first unit keeps its kind.
+    ``units`` are :class:`lib.core.blocks.UnitInfo` or anything else with ``kind`` and ``stage`` (e.g.
+    :class:`lib.analyses.fourier.UnitProfile`); the first unit keeps its kind.
     """
     return [u.kind if i == 0 or u.stage == units[i - 1].stage else "subsampling" for i, u in enumerate(units)]
 
@@ -252,7 +252,7 @@ def lesion_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
 def block_name(unit: UnitInfo) -> str:
     """The block a unit belongs to: its name up to the last dot (``"stage2.1.msa"`` → ``"stage2.1"``).
 
-    :mod:`lib.blocks` names the MSA and MLP units of one transformer block ``<block>.msa`` and
+    :mod:`lib.core.blocks` names the MSA and MLP units of one transformer block ``<block>.msa`` and
     ``<block>.mlp``, and a ResNet's basic block ``<block>.conv``, so a block is one unit of a CNN
     and one MSA-MLP pair of a transformer.
     """

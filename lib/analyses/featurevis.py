@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import blocks as blocks_lib
-from .blocks import as_grid
-from .models import Classifier, PreActResNet, eval_mode
+from ..core import blocks as blocks_lib
+from ..core.blocks import as_grid
+from ..core.models import Classifier, PreActResNet, eval_mode
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -44,7 +44,7 @@ Objective = Callable[[torch.Tensor], torch.Tensor]
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Neuron:
-    """One neuron: the residual unit named ``unit`` (a name from :func:`lib.blocks.blocks`: an
+    """One neuron: the residual unit named ``unit`` (a name from :func:`lib.core.blocks.blocks`: an
     ``"....mlp"`` unit of a ViT, a ``"conv"`` unit of a ResNet) and the ``index`` of its hidden
     unit (ViT MLP) or output channel (ResNet)."""
 
@@ -57,7 +57,7 @@ class Neuron:
 
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, Classifier):
-        raise TypeError(f"feature visualisation needs a zoo model built by lib.models.build, got {type(model).__name__}")
+        raise TypeError(f"feature visualisation needs a zoo model built by lib.core.models.build, got {type(model).__name__}")
 
 
 def neuron_units(model: nn.Module) -> dict[str, tuple[nn.Module, int]]:
@@ -327,7 +327,7 @@ def position_probe(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor
                    weight_decay: float = 1e-4, seed: int = 0, progress: bool = False) -> PositionProbe:
     """A linear probe per token-sequence unit that reads a patch token's grid position from it.
 
-    For every unit of :func:`lib.blocks.blocks` whose output is a token sequence, the patch tokens
+    For every unit of :func:`lib.core.blocks.blocks` whose output is a token sequence, the patch tokens
     of ``x_train`` (standardised with their own mean and deviation) train a softmax regression onto
     the ``side²`` positions (L-BFGS, ``steps`` iterations, a small L2 penalty); the probe is then
     scored on the tokens of ``x_test``. High accuracy: the unit's tokens still know where they are.

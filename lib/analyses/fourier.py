@@ -2,14 +2,14 @@
 
 Park & Kim (2022) argue that multi-head self-attentions (MSAs) act as low-pass filters and
 convolutions as high-pass filters, from two experiments. This module holds the first and the
-frequency conventions both share; :mod:`lib.perturbations` holds the second (band-limited noise)
+frequency conventions both share; :mod:`lib.analyses.perturbations` holds the second (band-limited noise)
 and Ghiasi et al.'s low-pass filtering of the input.
 
 * **Feature maps in the frequency domain** (their Figs. 2a and 8). :func:`relative_log_amplitude`
   takes a unit's output as spatial maps, computes the 2-D FFT of every map, averages the log
   amplitude over images and channels and reads it along the half-diagonal of the spectrum, from
   frequency 0 to the highest frequency, relative to frequency 0 (Δ log amplitude).
-  :func:`unit_profiles` does this for every unit of a zoo model (see :func:`lib.blocks.blocks`),
+  :func:`unit_profiles` does this for every unit of a zoo model (see :func:`lib.core.blocks.blocks`),
   and :func:`high_frequency_change` reduces a unit to one number: how much it raises (high-pass)
   or lowers (low-pass) the Δ log amplitude at the highest frequency.
   :func:`high_frequency_changes` gives that number per image and unit, so that two kinds of unit,
@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
 
-from .blocks import AboutUnit, UnitInfo, as_grid, blocks
+from ..core.blocks import AboutUnit, UnitInfo, as_grid, blocks
 
 #: Added to every amplitude before the log (Park & Kim's value), so that a frequency absent from a
 #: map gives a large negative but finite log amplitude.
@@ -130,7 +130,7 @@ def _token_grid(tokens: Tensor, what: str) -> Tensor:
     if tokens.numel() == 0:
         return as_grid(tokens)  # the caller reports the empty tensor
     hint = ("for one image (C, H, W) pass x[None]; for tokens outside this rule pass (B, C, H, W) maps, "
-            "e.g. from lib.blocks.as_grid")
+            "e.g. from lib.core.blocks.as_grid")
     if n == d:
         raise ValueError(f"{what} of shape {tuple(tokens.shape)} is ambiguous: a 3-D tensor is read as tokens "
                          f"(B, N, D), but N == D, which is how one square image (C, H, W) looks; {hint}")
@@ -182,7 +182,7 @@ def relative_log_amplitude(features: Tensor) -> FrequencyProfile:
     """Δ log amplitude of feature maps along the half-diagonal (Park & Kim Figs. 2a, 8).
 
     ``features`` are maps ``(B, C, H, W)`` with ``H == W`` (a CNN unit's output, or a transformer
-    unit's output after :func:`lib.blocks.as_grid`; token sequences ``(B, N, D)`` are passed
+    unit's output after :func:`lib.core.blocks.as_grid`; token sequences ``(B, N, D)`` are passed
     through ``as_grid`` here, which drops the CLS token).
 
     A 3-D tensor is always read as tokens ``(B, N, D)``, never as one image ``(C, H, W)``, and
@@ -328,7 +328,7 @@ def unit_profiles(model: nn.Module, x: Tensor, batch_size: int = 128, device: st
                   progress: bool = True) -> list[UnitProfile]:
     """Δ log amplitude profile of every unit of a zoo model, for Park & Kim's Figs. 2a and 8.
 
-    Runs ``x`` (images in [0, 1], ``(N, C, H, W)``) through :func:`lib.blocks.blocks` in chunks of
+    Runs ``x`` (images in [0, 1], ``(N, C, H, W)``) through :func:`lib.core.blocks.blocks` in chunks of
     ``batch_size`` and accumulates, for each unit's output as spatial maps (:func:`as_grid`: the
     CLS token is dropped), the sum of ``log(|FFT2| + FLOOR)`` over images and channels; dividing
     by the count at the end gives exactly the mean of :func:`relative_log_amplitude` over all of
@@ -341,7 +341,7 @@ def unit_profiles(model: nn.Module, x: Tensor, batch_size: int = 128, device: st
     restored. Returns one :class:`UnitProfile` per non-head unit, in order.
 
     Raises:
-        TypeError: ``model`` is not a zoo model (see :func:`lib.blocks.blocks`).
+        TypeError: ``model`` is not a zoo model (see :func:`lib.core.blocks.blocks`).
         ValueError: ``x`` is not a non-empty batch of square images, or a bad ``batch_size``.
     """
     with _spatial_units_on(model, x, batch_size, device) as (units, target), torch.no_grad():
@@ -395,14 +395,14 @@ def high_frequency_changes(model: nn.Module, x: Tensor, batch_size: int = 128,
     the same images go through every unit and every model, so contrasts such as "MSA units minus
     convolutional units at the same resolution" are paired over images (bootstrap the rows).
 
-    ``units`` are the :class:`lib.blocks.UnitInfo` of the non-head units, in order (the head's
+    ``units`` are the :class:`lib.core.blocks.UnitInfo` of the non-head units, in order (the head's
     logits have no spatial extent); unit 0's input is ``x`` itself, so its change includes the
     model's input normalisation. The model runs as in :func:`unit_profiles` (eval mode, no
     gradients, float32, chunks of ``batch_size``, moved to ``device`` and back; its mode restored).
     Returns float64 ``changes``.
 
     Raises:
-        TypeError: ``model`` is not a zoo model (see :func:`lib.blocks.blocks`).
+        TypeError: ``model`` is not a zoo model (see :func:`lib.core.blocks.blocks`).
         ValueError: ``x`` is not a non-empty batch of square images, or a bad ``batch_size``.
     """
     with _spatial_units_on(model, x, batch_size, device) as (units, target), torch.no_grad():

@@ -8,13 +8,13 @@ released; this module is a complete, tested implementation.
 * :class:`HessianOperator` gives Hessian-vector products H·v by double backward. The gradient
   graph is built once per batch and reused by every product (one extra backward each).
 * :func:`top_eigenvalues` finds a batch's top-k eigenvalues by magnitude with the solvers of
-  :mod:`lib.krylov` (Lanczos by default; deflated power iteration, as PyHessian does, for
+  :mod:`lib.analyses.krylov` (Lanczos by default; deflated power iteration, as PyHessian does, for
   comparison), and :func:`batch_spectra` runs one on each of a series of augmented training batches.
 * :func:`directional_curvature`: dᵀHd, the exact local curvature along a landscape's direction.
 * :func:`batch_extremes` gives both ends of each batch's spectrum, λ_max and λ_min with error
   bounds, so negative curvature is read from λ_min itself, not from a top-k that may hide it.
 * The solvers, Hutchinson's trace and the stochastic-Lanczos-quadrature density work on any
-  operator and live in :mod:`lib.krylov`; they are importable from here too
+  operator and live in :mod:`lib.analyses.krylov`; they are importable from here too
   (``hessian.lanczos_eigs``, ``hessian.slq_density``, ...), as the chapters call them.
 
 Conventions, stated once: the loss is the mean cross-entropy (no label smoothing) of the batch,
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import data
+from ..core import data
 from .krylov import (CRITERIA, Eigs, Extremes, MatVec, SpectralDensity, TraceEstimate,  # noqa: F401
                      extreme_eigenvalues, hutchinson_trace, lanczos_eigs, power_iteration, slq_density)
 
@@ -67,7 +67,7 @@ def _check_explicit_attention(model: nn.Module) -> None:
     if fused:
         raise ValueError(f"{len(fused)} attention module(s) of the model use the fused kernel (fused_attn=True, "
                          f"e.g. {fused[0]!r}), which has no double backward, so Hessian-vector products through "
-                         f"them fail; call lib.models.set_fused_attn(model, False) first (the explicit path "
+                         f"them fail; call lib.core.models.set_fused_attn(model, False) first (the explicit path "
                          f"computes the same function, up to float rounding)")
 
 
@@ -141,7 +141,7 @@ def directional_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, di
                           batch_size: int = 256, temperature: float = 1.0) -> float:
     """dᵀHd / ``N``-weighted over chunks: the exact second derivative of the mean NLL at the current
     weights along ``direction`` (one tensor per trainable parameter, e.g. from
-    :func:`lib.directions.random_directions`), on the images ``x`` in eval mode.
+    :func:`lib.analyses.directions.random_directions`), on the images ``x`` in eval mode.
 
     The curvature a loss-landscape plot suggests, without a grid: a quadratic fitted to grid
     points is not local once the grid step is as large as the distance over which a model's
@@ -308,7 +308,7 @@ def batch_spectra(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
 class BatchExtremes:
     """λ_max and λ_min of the loss Hessian of each of a series of mini-batches, with error bounds.
 
-    One entry per batch: the two ends from :func:`lib.krylov.extreme_eigenvalues`, their residual
+    One entry per batch: the two ends from :func:`lib.analyses.krylov.extreme_eigenvalues`, their residual
     bounds, the products each took and whether both ends converged; ``losses`` the batch losses.
     ``top`` (batches × k) holds the ``k`` eigenvalues of largest magnitude from the same runs,
     Park & Kim's top-k spectrum, with their residual bounds in ``bound_top``.

@@ -2,7 +2,7 @@
 trace and spectral density.
 
 An operator here is any function ``v -> H·v`` on flat float32 vectors of length ``dim`` (e.g.
-:class:`lib.hessian.HessianOperator`); the work vectors and the Krylov basis are kept in float64.
+:class:`lib.analyses.hessian.HessianOperator`); the work vectors and the Krylov basis are kept in float64.
 
 * :func:`lanczos_eigs`: the ``k`` eigenvalues of largest magnitude by Lanczos with full
   re-orthogonalisation, stopping when every wanted Ritz pair has a relative residual below ``tol``.
@@ -13,7 +13,7 @@ An operator here is any function ``v -> H·v`` on flat float32 vectors of length
 * :func:`hutchinson_trace` and :func:`slq_density`: tr(H) and the spectral density by stochastic
   Lanczos quadrature.
 
-Nothing here knows about models: :mod:`lib.hessian` builds the operator from a model and a batch.
+Nothing here knows about models: :mod:`lib.analyses.hessian` builds the operator from a model and a batch.
 """
 from __future__ import annotations
 

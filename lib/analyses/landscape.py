@@ -4,14 +4,14 @@ Park & Kim (2022, Fig. 1a) draw the loss around trained weights w₀ along two r
 L(w₀ + x·d₁ + y·d₂), following Li et al. (2018); Fig. 1b follows training in polar form relative to
 the final weights w*: r_t = ‖w_t − w*‖ / ‖w₀ − w*‖ and θ_t = angle(w_t − w*, w₀ − w*).
 
-* :func:`random_directions` (from :mod:`lib.directions`, importable from here) draws
+* :func:`random_directions` (from :mod:`lib.analyses.directions`, importable from here) draws
   filter-normalised Gaussian directions (Li et al.); biases, norm affines and positional
   embeddings get zero.
 * :func:`landscape_data` fixes the images every grid point is evaluated on: a seeded,
   class-balanced training subset, augmented once.
 * :func:`surface_1d` and :func:`surface_2d` evaluate NLL, accuracy and the weight term
   ``0.05·Σ‖p‖`` on a grid and return a :class:`Surface`; :func:`sharpness` reduces a surface to a
-  few numbers (rise at the ends, curvature at the centre); :func:`lib.hessian.directional_curvature`
+  few numbers (rise at the ends, curvature at the centre); :func:`lib.analyses.hessian.directional_curvature`
   gives the exact local curvature dᵀHd along a direction, with no grid.
 
 Conventions, stated once: the loss is the mean cross-entropy (no label smoothing) over the fixed
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
 
-from . import data
+from ..core import data
 from .directions import (NORMALIZATIONS, direction_cosine, normalize_direction,  # noqa: F401
                          random_directions, trainable_parameters)
 
@@ -63,7 +63,7 @@ def landscape_data(dataset: str = "fashion-mnist", n: int = 1024, seed: int = 0,
     with a generator seeded by ``seed``, means every grid point sees exactly the same images, so
     differences between points come from the weights alone. Each class contributes ``n // C``
     images (the first ``n % C`` classes one more), drawn with a CPU generator seeded by ``seed``
-    and kept in ascending index order; the same generator then drives :func:`lib.data.augment`
+    and kept in ascending index order; the same generator then drives :func:`lib.core.data.augment`
     (random crop with padding 2 and horizontal flip). Returns CPU tensors ``(x, y)``.
 
     Raises:
@@ -342,7 +342,7 @@ _SURFACE_ARGS = """
             that ``vmap`` cannot run raises a ``RuntimeError`` on the first pass.
         temperature: divide the logits by it before the NLL (accuracy is unchanged): the landscape
             of a model brought to a given NLL by temperature scaling (the matched-fit control;
-            see :func:`lib.metrics.temperature_for_nll`).
+            see :func:`lib.core.metrics.temperature_for_nll`).
 """
 
 

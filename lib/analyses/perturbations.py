@@ -15,8 +15,8 @@
   :func:`relative_accuracy` / :func:`relative_loss` (accuracy as a share of the clean accuracy).
   Each is a plain function of the rows, so a bootstrap over images can resample them.
 
-Frequencies, radii and the square annuli follow the conventions of :mod:`lib.fourier`. Models are
-evaluated with :func:`lib.metrics.evaluate` in eval mode; pixels are not clamped to [0, 1] after
+Frequencies, radii and the square annuli follow the conventions of :mod:`lib.analyses.fourier`. Models are
+evaluated with :func:`lib.core.metrics.evaluate` in eval mode; pixels are not clamped to [0, 1] after
 adding noise or filtering (clamping would rectify the noise on Fashion-MNIST's black background
 and move its energy to other frequencies). Random numbers come from CPU generators, so results do
 not depend on the device.
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
 
 from .fourier import CHUNK, TOL, check_positive_int, model_device, radius
-from .metrics import evaluate_per_image
+from ..core.metrics import evaluate_per_image
 
 #: Centres of the noise bands of Park & Kim's Fig. 2b, in units of π.
 BANDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -229,7 +229,7 @@ class _Evaluator:
     """Accuracy and NLL of a model on perturbed copies of ``(x, y)``, on one device.
 
     Moves the model to ``device`` (if given) on entry and back on exit; evaluation itself is
-    :func:`lib.metrics.evaluate` (eval mode, the model's mode restored, bf16 autocast on CUDA).
+    :func:`lib.core.metrics.evaluate` (eval mode, the model's mode restored, bf16 autocast on CUDA).
     """
 
     def __init__(self, model: nn.Module, y: Tensor, batch_size: int, device: str | torch.device | None):
@@ -519,7 +519,7 @@ def low_pass_sweep(model: nn.Module, x: Tensor, y: Tensor, cutoffs: Iterable[flo
     """Accuracy of ``model`` on low-pass filtered images, cutoff by cutoff (Ghiasi et al. 2022).
 
     Each cutoff filters every image with :func:`low_pass` (no clamping) and evaluates with
-    :func:`lib.metrics.evaluate`; the clean images are evaluated too. Ghiasi et al. find that
+    :func:`lib.core.metrics.evaluate`; the clean images are evaluated too. Ghiasi et al. find that
     removing high frequencies hurts a ResNet much more than a ViT. ``device`` and ``progress`` as
     in :func:`noise_robustness`.
 

@@ -1,5 +1,5 @@
 """Representation similarity (Raghu et al. 2021): minibatch linear CKA, skip-connection ratios and
-spatial localisation, on the residual units of :mod:`lib.blocks`.
+spatial localisation, on the residual units of :mod:`lib.core.blocks`.
 
 **Linear CKA.** Two representations of the same ``n`` images, ``X`` (n × p) and ``Y`` (n × q),
 are compared through their Gram matrices ``K = X Xᵀ`` and ``L = Y Yᵀ``: CKA is the normalised
@@ -13,7 +13,7 @@ those of 10,000 images do not. Each batch gives the *unbiased* estimate HSIC₁ 
 HSIC₁(L, L))`` over batches. Because HSIC₁ is unbiased, the average over batches estimates the
 population HSIC whatever the batch size (the biased estimator of Kornblith et al. 2019 would
 depend on it). :class:`HSICBatches` keeps the per-batch values, so intervals come from a
-bootstrap over batches (:func:`shared_batches` lays them out for :func:`lib.stats.bootstrap`).
+bootstrap over batches (:func:`shared_batches` lays them out for :func:`lib.report.stats.bootstrap`).
 
 **Skip connections** (:func:`skip_ratios`): for a residual unit ``z + f(z)``, the ratio
 ``‖z‖ / ‖f(z)‖`` per token (or per feature-map position), the CLS token apart from the spatial
@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import blocks as blocks_lib
-from .blocks import UnitInfo
+from ..core import blocks as blocks_lib
+from ..core.blocks import UnitInfo
 
 MIN_BATCH = 4  # the unbiased HSIC divides by n(n − 3)
 DEGENERATE = 1e-9  # self-HSIC below this share of its scale: features constant across images
@@ -322,7 +322,7 @@ def model_cka(model_a: nn.Module, x: torch.Tensor, model_b: nn.Module | None = N
     """CKA between every pair of units of ``model_a`` (and ``model_b``, if given) on the images ``x``.
 
     One pass over ``x`` in batches of ``batch_size``: each batch runs the model(s) unit by unit and
-    adds its unbiased HSIC of every pair of units. Units are those of :func:`lib.blocks.blocks`,
+    adds its unbiased HSIC of every pair of units. Units are those of :func:`lib.core.blocks.blocks`,
     the head (logits) left out unless ``include_head``. Models run in eval mode.
     """
     named = {"a": model_a} if model_b is None else {"a": model_a, "b": model_b}
@@ -374,7 +374,7 @@ class SharedBatches:
     ``rows`` holds one row per batch (every result's cross and self terms); resampling rows
     resamples the same batches for every result, so a contrast between two models on the same
     images is a paired comparison. ``label`` names the rows for the test's description. Pass
-    ``rows`` and ``statistic(fn)`` to :func:`lib.stats.bootstrap`, which draws the resamples.
+    ``rows`` and ``statistic(fn)`` to :func:`lib.report.stats.bootstrap`, which draws the resamples.
     """
 
     results: tuple[HSICBatches, ...]
@@ -469,7 +469,7 @@ def skip_ratios(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
                 device: str | torch.device | None = None, progress: bool = True) -> SkipRatios:
     """Skip-connection ratios of every residual unit of ``model`` on the images ``x``.
 
-    Token models (``(B, N, D)`` between units) have their CLS token first (:mod:`lib.blocks`); the
+    Token models (``(B, N, D)`` between units) have their CLS token first (:mod:`lib.core.blocks`); the
     grid is the last ``side²`` tokens. Feature maps ``(B, C, H, W)`` have no CLS token.
     """
     device = torch.device(device or next(model.parameters()).device)
@@ -569,7 +569,7 @@ def localisation(model: nn.Module, x: torch.Tensor, unit_indices: Sequence[int] 
     """Spatial localisation of the units ``unit_indices`` of ``model`` (default: every unit with a
     spatial grid, i.e. all but the head) on the images ``x``.
 
-    The unit's output is taken as a grid (:func:`lib.blocks.as_grid`, CLS dropped); the images are
+    The unit's output is taken as a grid (:func:`lib.core.blocks.as_grid`, CLS dropped); the images are
     cut into the same grid of patches (28×28 images and a 7×7 grid give 4×4 patches, the ViT's own
     patches). Patches whose self-HSIC is below :data:`MASK_SHARE` of the median patch's, and
     positions whose features are constant, are masked (``Localisation.valid``). Units on a fine grid

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import blocks as B
-from .models import count_parameters
+from ..core import blocks as B
+from ..core.models import count_parameters
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -37,7 +37,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 @dataclass(frozen=True)
 class UnitRow(B.AboutUnit):
-    """One residual unit (its :class:`lib.blocks.UnitInfo`), what it outputs and how many weights it owns."""
+    """One residual unit (its :class:`lib.core.blocks.UnitInfo`), what it outputs and how many weights it owns."""
 
     info: B.UnitInfo
     output_shape: tuple[int, ...]
@@ -45,7 +45,7 @@ class UnitRow(B.AboutUnit):
 
 
 def unit_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[UnitRow]:
-    """The units of :func:`lib.blocks.blocks` with the shape of each output for one input
+    """The units of :func:`lib.core.blocks.blocks` with the shape of each output for one input
     and the number of weights each unit owns (every parameter belongs to exactly one unit)."""
     units = B.blocks(model)
     device = next(model.parameters()).device

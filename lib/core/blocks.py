@@ -251,10 +251,10 @@ def _pit_blocks(model: Classifier) -> list[_Part]:
 def blocks(model: nn.Module) -> list[Block]:
     """The model as its sequence of residual units (see the module docstring).
 
-    Raises ``TypeError`` for anything that is not a zoo :class:`~lib.models.Classifier`.
+    Raises ``TypeError`` for anything that is not a zoo :class:`~lib.core.models.Classifier`.
     """
     if not isinstance(model, Classifier):
-        raise TypeError(f"blocks() needs a zoo model built by lib.models.build, got {type(model).__name__}")
+        raise TypeError(f"blocks() needs a zoo model built by lib.core.models.build, got {type(model).__name__}")
     if isinstance(model.net, PreActResNet):
         parts = _resnet_blocks(model)
     elif model.arch.startswith("vit"):

@@ -11,7 +11,7 @@ Why this shape:
   work on plain images without undoing a normalisation first.
 * Augmentation (random crop with zero padding, horizontal flip) is one vectorised gather over the
   batch, so it runs wherever the batch lives.
-* Fashion-MNIST, the default, must be available offline: :mod:`lib.datafiles` finds its raw files,
+* Fashion-MNIST, the default, must be available offline: :mod:`lib.core.datafiles` finds its raw files,
   copies them from Debian's ``dataset-fashion-mnist`` package or, last, downloads them.
   CIFAR-10/100 are read with torchvision (online, e.g. Colab).
 * ``synthetic`` is a tiny procedural data set (oriented bars) that needs no files at all, so unit
@@ -55,7 +55,7 @@ def _default_root() -> Path:
     env = os.environ.get("HOWVITS_DATA", "")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parent / "data"
+    return Path(__file__).resolve().parents[2] / "data"
 
 
 DATA_ROOT: Path = _default_root()
@@ -169,7 +169,7 @@ def load(
 
 def ensure_fashion_mnist(root: str | os.PathLike | None = None, download: bool = True) -> Path:
     """Make sure Fashion-MNIST's raw files are under ``<root>/FashionMNIST/raw/`` (root defaults to
-    :data:`DATA_ROOT`) and return that folder; see :func:`lib.datafiles.ensure_fashion_mnist`."""
+    :data:`DATA_ROOT`) and return that folder; see :func:`lib.core.datafiles.ensure_fashion_mnist`."""
     return datafiles.ensure_fashion_mnist(Path(root) if root is not None else DATA_ROOT, download)
 
 

@@ -5,7 +5,7 @@ Fashion-MNIST must work offline, so its four raw idx files are looked for under
 (:data:`DEBIAN_FASHION_MNIST`), and only then downloaded through torchvision. CIFAR-10/100 are read
 with torchvision (online, e.g. on Colab). Every copy is atomic (a temporary file, then a rename), and
 a data set that cannot be had raises :class:`DataNotFoundError` with every way to get it.
-:mod:`lib.data` builds tensors, subsets and batches on top of this.
+:mod:`lib.core.data` builds tensors, subsets and batches on top of this.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def matched_temperatures(logits: Mapping[str, torch.Tensor], labels: torch.Tenso
     curvature, for that reason alone, so sharpness is compared again with every model softened to
     the least-fitted model's NLL. That model keeps ``T = 1``; the others get the unique softer
     temperature of :func:`temperature_for_nll`. Fit it on held-out images
-    (:func:`lib.data.held_out_training`), not on the images whose loss is then measured.
+    (:func:`lib.core.data.held_out_training`), not on the images whose loss is then measured.
     """
     if not logits:
         raise ValueError("logits is empty: give one (N, C) tensor of logits per model")

@@ -63,9 +63,9 @@ class Normalize(nn.Module):
 class Classifier(nn.Module):
     """A zoo model: input normalisation followed by the network ``net``.
 
-    ``arch`` is the zoo name, kept so that :func:`lib.blocks.blocks` and checkpoint loading know
+    ``arch`` is the zoo name, kept so that :func:`lib.core.blocks.blocks` and checkpoint loading know
     what they hold; :func:`build` also records its arguments as ``build_kwargs`` (so a model can
-    be rebuilt or transformed, see :func:`lib.alternet.from_resnet`).
+    be rebuilt or transformed, see :func:`lib.analyses.alternet.from_resnet`).
     """
 
     def __init__(self, arch: str, net: nn.Module, mean: Sequence[float], std: Sequence[float]):

@@ -1,7 +1,7 @@
 """Claims from papers, this book's measurement of each, and a verdict by a rule stated in advance.
 
 A chapter that checks a paper lists its claims as :class:`Claim` objects: what the paper says and
-shows, our :class:`~lib.stats.Estimate` of the same quantity (with its interval, test and sample
+shows, our :class:`~lib.report.stats.Estimate` of the same quantity (with its interval, test and sample
 size), and a verdict. :func:`judge` computes the verdict from the sign the paper predicts, so the
 rule is the same for every claim in the book and is written out next to it:
 
@@ -115,7 +115,7 @@ def judge(key: str, paper: str, statement: str, paper_figure: str, estimate: Est
     ``quantity`` names what was estimated in the rule text ("difference", "mean", ...).
     """
     if not isinstance(estimate, Estimate):
-        raise ValueError(f"estimate must be a lib.stats.Estimate, got {type(estimate).__name__}")
+        raise ValueError(f"estimate must be a lib.report.stats.Estimate, got {type(estimate).__name__}")
     return Claim(key, paper, statement, paper_figure, estimate, unit,
                  rule_text(expect, estimate, quantity), verdict_of(estimate, expect), digits=digits)
 

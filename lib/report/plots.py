@@ -45,7 +45,7 @@ def label(model: str) -> str:
 def unit_strip(ax: Axes, units: Sequence[Any], title: str = "") -> Axes:
     """A compact diagram of a model: one coloured cell per residual unit, stage changes marked.
 
-    ``units`` are :class:`lib.blocks.Block`, :class:`lib.blocks.UnitInfo` or :class:`lib.summary.UnitRow` (they need
+    ``units`` are :class:`lib.core.blocks.Block`, :class:`lib.core.blocks.UnitInfo` or :class:`lib.analyses.summary.UnitRow` (they need
     ``kind``, ``stage`` and ``name``).
     """
     short = {"embed": "emb", "conv": "conv", "msa": "MSA", "mlp": "MLP", "pool": "pool", "head": "head"}
@@ -131,7 +131,7 @@ def eigenvalue_strips(ax: Axes, groups: dict[str, Sequence[float]], colors: dict
 def shade_units(ax: Axes, units: Sequence[Any]) -> None:
     """Park & Kim's shading on a plot against normalised depth: MSA units grey, subsampling blue.
 
-    ``units`` have ``kind``, ``stage`` and ``depth`` (e.g. :class:`lib.blocks.UnitInfo`). As in
+    ``units`` have ``kind``, ``stage`` and ``depth`` (e.g. :class:`lib.core.blocks.UnitInfo`). As in
     Park & Kim's figures, a unit's band spans the segment of the curve that the unit produces:
     from the previous unit's point to its own (the first unit has no segment). A unit whose stage
     differs from its predecessor's (a pooling unit, or a strided first block) counts as subsampling.
@@ -168,7 +168,7 @@ def _unit_ticks(units: Sequence[Any], every: int = 1) -> tuple[list[int], list[s
 def similarity_heatmap(ax: Axes, matrix: np.ndarray, rows: Sequence[Any], cols: Sequence[Any],
                        title: str = "", vmin: float = 0.0, vmax: float = 1.0, colorbar: bool = True) -> Axes:
     """A units × units similarity matrix (e.g. CKA) with the first unit at the bottom left, as
-    Raghu et al. draw it. ``rows`` and ``cols`` are the units (:class:`lib.blocks.UnitInfo`): tick
+    Raghu et al. draw it. ``rows`` and ``cols`` are the units (:class:`lib.core.blocks.UnitInfo`): tick
     labels name each unit's kind in the kind's colour, and lines mark where a stage starts."""
     matrix = np.asarray(matrix, dtype=float)
     if matrix.shape != (len(rows), len(cols)):

@@ -11,7 +11,7 @@
   :func:`check` says for every listed checkpoint whether it is intact, and if not why and how to
   fix it.
 
-This module sits beside training (it reads checkpoint records, never trains): ``lib.train`` uses it
+This module sits beside training (it reads checkpoint records, never trains): ``lib.zoo.train`` uses it
 to check ``--register`` before a run, and the zoo's runner to register what training wrote.
 """
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from . import models
-from .io import atomic_write_json
+from ..core import models
+from ..core.io import atomic_write_json
 from .recipe import CONVERGENCE_EPOCHS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT_DIR = REPO / "data" / "checkpoints"
 #: Where finished runs of the zoo's recipe wait, with their own manifest, until the set they
 #: belong to is complete and replaces the shipped checkpoints (``python -m lib.zoo swap``). The
@@ -68,7 +68,7 @@ class Entry:
     """One zoo checkpoint: a model (and block layout) trained on a dataset or subset with a seed.
 
     ``layout`` is stored only when it differs from the model's own (see
-    :func:`lib.models.layout_override`); ``snapshots=False`` entries keep no warm-up snapshot.
+    :func:`lib.core.models.layout_override`); ``snapshots=False`` entries keep no warm-up snapshot.
     """
 
     model: str
@@ -96,7 +96,7 @@ class Entry:
         return self.key + ".pt"
 
     def train_args(self) -> list[str]:
-        """``lib.train`` arguments that select this entry (model, data, seed, layout, snapshots)."""
+        """``lib.zoo.train`` arguments that select this entry (model, data, seed, layout, snapshots)."""
         args = ["--model", self.model, "--dataset", self.dataset]
         if self.subset is not None:
             args += ["--subset", f"{self.subset:g}"]
@@ -110,7 +110,7 @@ class Entry:
 
     def train_command(self, out: str | None = None, extra: str = "") -> str:
         """The exact command that (re)trains this entry with the full recipe."""
-        cmd = " ".join(["python -m lib.train", *self.train_args(),
+        cmd = " ".join(["python -m lib.zoo.train", *self.train_args(),
                         "--out", out or "data/checkpoints/" + self.filename, "--register"])
         return cmd + (" " + extra if extra else "")
 
@@ -238,7 +238,7 @@ def entry_of(record: dict[str, Any]) -> Entry:
     """The zoo entry a checkpoint record describes (with the catalogue's snapshots flag)."""
     missing = [f for f in RECORD_FIELDS if f not in record]
     if missing:
-        raise ZooError(f"the checkpoint record lacks {', '.join(missing)}: it was not written by lib.train")
+        raise ZooError(f"the checkpoint record lacks {', '.join(missing)}: it was not written by lib.zoo.train")
     return catalogued(Entry(record["model"], record["dataset"], record["subset"], record["seed"],
                             record["build"].get("layout")))
 
@@ -246,7 +246,7 @@ def entry_of(record: dict[str, Any]) -> Entry:
 def check_registrable(path: str | os.PathLike, entry: Entry, checkpoint_dir: str | os.PathLike | None = None) -> None:
     """Raise :class:`ZooError` unless ``path`` is where ``entry`` must be written to be registered.
 
-    ``lib.train --register`` calls this before training, so a wrong name or folder is caught
+    ``lib.zoo.train --register`` calls this before training, so a wrong name or folder is caught
     before the run rather than after it.
     """
     path, folder = Path(path).resolve(), Path(checkpoint_dir or CHECKPOINT_DIR).resolve()

@@ -4,7 +4,7 @@ Every zoo model is trained the same way (a fair comparison): AdamW, linear warm-
 decay (per step), weight decay on matrices only, label smoothing, gradient clipping, drop-path,
 on-device batch augmentation. :data:`FULL_RECIPE` is the zoo's on all the training data; a run on
 a subset follows :func:`zoo_recipe` (the same recipe, :data:`SUBSET_EPOCH_FACTOR` times the epochs
-and the warm-up). A shorter run (``--epochs``) scales the warm-up with it. ``lib.train`` and the zoo's runner share the command-line flags, so
+and the warm-up). A shorter run (``--epochs``) scales the warm-up with it. ``lib.zoo.train`` and the zoo's runner share the command-line flags, so
 bad values fail the same way, in one line, before any work starts.
 """
 from __future__ import annotations

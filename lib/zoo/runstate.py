@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .io import remove_stale_temporaries
+from ..core.io import remove_stale_temporaries
 from .recipe import Recipe
 
 
@@ -106,7 +106,7 @@ def run_identity(model_name: str, dataset: str, subset: float | None, recipe: Re
 
 
 class UnreadableState(RuntimeError):
-    """A resume state that cannot be read (truncated, damaged, or not written by ``lib.train``)."""
+    """A resume state that cannot be read (truncated, damaged, or not written by ``lib.zoo.train``)."""
 
 
 def read_state(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -116,7 +116,7 @@ def read_state(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]
     except Exception as err:  # torch raises many types for damaged files
         raise UnreadableState(f"{path.name} cannot be read ({type(err).__name__})") from None
     if not isinstance(state, dict) or "epoch" not in state or "weights" not in state:
-        raise UnreadableState(f"{path.name} is not a training state written by lib.train")
+        raise UnreadableState(f"{path.name} is not a training state written by lib.zoo.train")
     return state
 
 

@@ -1,4 +1,4 @@
-"""Training one model with the zoo's recipe (:mod:`lib.recipe`), as a function and a command line.
+"""Training one model with the zoo's recipe (:mod:`lib.zoo.recipe`), as a function and a command line.
 
 On CUDA the whole dataset lives on the GPU and the forward pass runs under bf16 autocast; on CPU
 everything is float32 and a seeded run is bit-for-bit reproducible.
@@ -9,7 +9,7 @@ on the float16 weights that are stored), device, library versions, wall time and
 a snapshot of the weights at the end of warm-up (the Hessian chapter needs it), and the polar
 training trajectory (r_t, θ_t) computed from per-epoch snapshots that are deleted afterwards.
 
-Training survives interruption (:mod:`lib.runstate`): after every epoch the full state goes to
+Training survives interruption (:mod:`lib.zoo.runstate`): after every epoch the full state goes to
 ``<out>.resume.pt``; ``--resume`` continues from it (or starts fresh when there is none) and the
 result is identical to an uninterrupted run. A run without ``--resume`` starts clean: it discards,
 and says so, any resume state an older run left beside ``--out``. Every file is written to a
@@ -23,8 +23,8 @@ the progress bar), AdamW is fused, convolutional models run channels-last, and `
 
 Usage::
 
-    python -m lib.train --model vit --dataset fashion-mnist --subset 0.1 --epochs 60 --out vit.pt
-    torchrun --nproc_per_node 4 -m lib.train --model vit --dataset cifar100 --epochs 300 --out v.pt
+    python -m lib.zoo.train --model vit --dataset fashion-mnist --subset 0.1 --epochs 60 --out vit.pt
+    torchrun --nproc_per_node 4 -m lib.zoo.train --model vit --dataset cifar100 --epochs 300 --out v.pt
 
 Under ``torchrun`` the same command trains with DistributedDataParallel (NCCL on GPUs, gloo on
 CPU): each process takes its share of every global batch, so the recipe (global batch size,
@@ -50,9 +50,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
 
-from . import catalog, data, models, runstate
-from .metrics import evaluate
-from .io import atomic_torch_save, half_state_dict, load_half_state_dict
+from . import catalog, runstate
+
+from ..core import data, models
+from ..core.metrics import evaluate
+from ..core.io import atomic_torch_save, half_state_dict, load_half_state_dict
 from .recipe import (CONVERGENCE_EPOCHS, FULL_RECIPE, RECIPE_TYPES, Recipe, add_recipe_arguments, fraction,
                      lr_factor, param_groups, recipe_from_args, zoo_recipe)
 from .runstate import resume_path, run_lock, trajectory_path
@@ -147,7 +149,7 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
     uninterrupted one. ``status`` is "final" or
     "provisional" (default: "final" when the recipe is the full one, else "provisional").
     ``layout`` places conv and MSA blocks in a ``resnet``/``alternet`` (see
-    :func:`lib.models.parse_layout`). ``keep_snapshots=False`` stores no warm-up snapshot, which
+    :func:`lib.core.models.parse_layout`). ``keep_snapshots=False`` stores no warm-up snapshot, which
     halves the file (the ablation zoo does without). ``compile`` runs the training step through
     ``torch.compile``. ``epoch_log`` receives, after every epoch, its history entry plus
     ``epochs``, ``train_time_s`` and ``images_per_s`` of that epoch. Under torchrun, ranks
@@ -401,7 +403,7 @@ def _device_name(device: torch.device) -> str:
 # --------------------------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lib.train", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m lib.zoo.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, choices=models.MODELS)
     p.add_argument("--dataset", default="fashion-mnist", choices=data.DATASETS)

@@ -19,7 +19,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .io import atomic_torch_save
+from ..core.io import atomic_torch_save
 
 
 # --------------------------------------------------------------------------------------------------

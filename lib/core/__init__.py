@@ -1,0 +1,8 @@
+"""What every part of the book stands on.
+
+* :mod:`~lib.core.io`: files written atomically (temp file, then rename), half-precision weights;
+* :mod:`~lib.core.datafiles`, :mod:`~lib.core.data`: Fashion-MNIST (and a synthetic stand-in) as tensors;
+* :mod:`~lib.core.models`: the zoo architectures (timm parts) and ``build``;
+* :mod:`~lib.core.blocks`: a model as its residual units, recomposing ``model(x)`` exactly;
+* :mod:`~lib.core.metrics`: accuracy, NLL and calibration of a model on a set of images.
+"""
