@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.core import data  # noqa: E402
 from lib.zoo import checkpoints  # noqa: E402
-from lib.analyses import hessian  # noqa: E402
+from lib.analyses import hessian, krylov  # noqa: E402
 
 try:
     import pyhessian  # noqa: E402
@@ -115,20 +115,20 @@ def minmax(model, xb, yb) -> None:
     """
     op = hessian.HessianOperator(model, xb, yb)
     t0 = time.perf_counter()
-    ours = hessian.extreme_eigenvalues(op, op.dim, tol=TOL, seed=SEED)
+    ours = krylov.extreme_eigenvalues(op, op.dim, tol=TOL, seed=SEED)
     t_ours = time.perf_counter() - t0
     n_ours = op.n_products
 
     start = op.n_products
     t0 = time.perf_counter()
-    top = hessian.power_iteration(op, op.dim, k=1, tol=TOL, max_iter=100, seed=SEED).values[0]
-    shifted = hessian.power_iteration(lambda v: op(v) - top * v, op.dim, k=1, tol=TOL, max_iter=100,
+    top = krylov.power_iteration(op, op.dim, k=1, tol=TOL, max_iter=100, seed=SEED).values[0]
+    shifted = krylov.power_iteration(lambda v: op(v) - top * v, op.dim, k=1, tol=TOL, max_iter=100,
                                       seed=SEED).values[0]
     t_power = time.perf_counter() - t0
     n_power = op.n_products - start
     power = (top + shifted, top)
 
-    reference = hessian.extreme_eigenvalues(op, op.dim, tol=1e-7, min_steps=60, seed=SEED + 1)
+    reference = krylov.extreme_eigenvalues(op, op.dim, tol=1e-7, min_steps=60, seed=SEED + 1)
     scale = max(abs(reference.lambda_min), abs(reference.lambda_max))
     err = lambda low, high: max(abs(low - reference.lambda_min), abs(high - reference.lambda_max)) / scale  # noqa: E731
     print(f"bench hessian_minmax: ours={t_ours:.3g}s peer={t_power:.3g}s ratio={t_power / t_ours:.2f} "

@@ -59,7 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lib.zoo import checkpoints  # noqa: E402
-from lib.analyses import landscape  # noqa: E402
+from lib.analyses import directions, landscape  # noqa: E402
 
 DISTANCE = 10  # loss_landscapes.random_plane's scale: its plane spans ±‖w₀‖/(2·DISTANCE) per direction
 
@@ -150,7 +150,7 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, steps: int, repeats
     xs, ys = np.unique(coords[:, 0]), np.unique(coords[:, 1])
 
     def ours_run() -> landscape.Surface:
-        landscape.random_directions(model, n=2)  # what drawing directions costs us
+        directions.random_directions(model, n=2)  # what drawing directions costs us
         return landscape.surface_2d(model, x, y, (d1, d2), xs, ys, batch_size=n, progress=False)
 
     surface = ours_run()
@@ -168,7 +168,7 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, steps: int, repeats
             forward()
 
     plain_nll = F.cross_entropy(forward(), y).item()
-    (direction,) = landscape.random_directions(model, n=1)
+    (direction,) = directions.random_directions(model, n=1)
     centre = landscape.surface_1d(model, x, y, direction, [0.0], batch_size=n, progress=False).nll[0]
     agree_floor = abs(centre - plain_nll)
 

@@ -16,7 +16,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
 from lib.core import data, datafiles  # noqa: E402
-from lib.core.data import DataNotFoundError  # noqa: E402
+from lib.core.datafiles import DataNotFoundError  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # Helpers that write fake data sets in the on-disk formats

@@ -66,7 +66,7 @@ def test_unit_outputs_are_the_grids_of_every_non_head_unit(vit):
     for (info, grid), out in zip(outs, raw):
         assert grid.shape == (3, 128, 7, 7)
         torch.testing.assert_close(grid, blocks.as_grid(out))  # CLS dropped, tokens on the grid
-    depths = [info.depth for info in features.unit_infos(vit)]
+    depths = [info.depth for info in blocks.unit_infos(vit)]
     assert depths[0] == 0.0 and depths[-1] == 1.0 and depths == sorted(depths)
 
 
@@ -132,7 +132,7 @@ def test_unit_roles_and_variance_change(resnet):
         hand.relative_change
     with pytest.raises(ValueError, match="positive values"):
         features.log10_change(np.array([1.0, 0.0]))
-    pit_roles = features.unit_roles(features.unit_infos(models.build("pit")))
+    pit_roles = features.unit_roles(blocks.unit_infos(models.build("pit")))
     assert pit_roles.count("subsampling") == 2 and pit_roles[0] == "embed"
 
 
@@ -218,9 +218,9 @@ def test_per_image_lesion_outcomes_add_up_and_match_a_direct_run(name, zoo):
 
 
 def test_stage_blocks_group_removable_units_by_block_and_stage():
-    resnet = features.unit_infos(models.build("resnet"))
+    resnet = blocks.unit_infos(models.build("resnet"))
     assert features.stage_blocks(resnet) == [[[1], [2]], [[4]], [[6]]]
-    pit = features.unit_infos(models.build("pit"))
+    pit = blocks.unit_infos(models.build("pit"))
     grouped = features.stage_blocks(pit)
     assert [len(stage) for stage in grouped] == [2, 4, 2]
     assert [[pit[i].name for i in block] for block in grouped[2]] == [
@@ -240,7 +240,7 @@ def _hand_lesion(units, clean, correct):
 
 
 def test_stage_contrast_on_hand_made_outcomes():
-    info = features.UnitInfo
+    info = blocks.UnitInfo
     nan = [np.nan] * 4
     units = [info(0, "embed", "embed", 0, 0.0, False),
              info(1, "s1.0.msa", "msa", 0, 0.1, True), info(2, "s1.0.mlp", "mlp", 0, 0.2, True),

@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lib.core import data, models
-from lib.analyses import hessian, landscape
+from lib.analyses import directions, hessian, krylov
 
 
 def tiny_mlp(seed: int = 0) -> nn.Module:
@@ -158,9 +158,9 @@ def test_lanczos_finds_the_top_eigenvalues_of_a_model_hessian():
 def test_lanczos_and_power_iteration_agree_on_a_known_spectrum_with_negatives():
     values = [50.0, -30.0, 20.0, 10.0, -5.0] + list(np.linspace(-1, 1, 45))
     op = SymmetricOp(spectrum_matrix(values))
-    lan = hessian.lanczos_eigs(op, 50, k=4, tol=1e-6)
+    lan = krylov.lanczos_eigs(op, 50, k=4, tol=1e-6)
     lan_products = op.n_products
-    pow_ = hessian.power_iteration(op, 50, k=4, tol=1e-8, max_iter=2000)
+    pow_ = krylov.power_iteration(op, 50, k=4, tol=1e-8, max_iter=2000)
     np.testing.assert_allclose(lan.values, [50.0, -30.0, 20.0, 10.0], rtol=1e-5)
     np.testing.assert_allclose(pow_.values, [50.0, -30.0, 20.0, 10.0], rtol=1e-4)
     assert lan.converged and pow_.converged
@@ -169,20 +169,20 @@ def test_lanczos_and_power_iteration_agree_on_a_known_spectrum_with_negatives():
 
 def test_lanczos_stops_on_an_invariant_subspace_with_exact_values():
     op = SymmetricOp(torch.diag(torch.tensor([3.0, -2.0, 1.0])))
-    eigs = hessian.lanczos_eigs(op, 3, k=3, tol=1e-9)
+    eigs = krylov.lanczos_eigs(op, 3, k=3, tol=1e-9)
     np.testing.assert_allclose(eigs.values, [3.0, -2.0, 1.0], rtol=1e-6)
     assert eigs.n_products == 3
 
 
 def test_eigensolvers_are_seeded_and_validate_arguments():
     op = SymmetricOp(spectrum_matrix(list(range(1, 21))))
-    a = hessian.lanczos_eigs(op, 20, k=2, seed=4)
-    b = hessian.lanczos_eigs(op, 20, k=2, seed=4)
+    a = krylov.lanczos_eigs(op, 20, k=2, seed=4)
+    b = krylov.lanczos_eigs(op, 20, k=2, seed=4)
     np.testing.assert_array_equal(a.values, b.values)
     with pytest.raises(ValueError, match="k must be"):
-        hessian.lanczos_eigs(op, 20, k=0)
+        krylov.lanczos_eigs(op, 20, k=0)
     with pytest.raises(ValueError, match="k must be"):
-        hessian.power_iteration(op, 20, k=21)
+        krylov.power_iteration(op, 20, k=21)
     model, (x, y) = tiny_mlp(), tiny_batch()
     with pytest.raises(ValueError, match="unknown method 'arnoldi'; choose one of lanczos, power"):
         hessian.top_eigenvalues(model, x, y, method="arnoldi")
@@ -268,9 +268,9 @@ def test_an_empty_batch_is_refused_by_every_entry_point():
     # the operator-based estimators cannot see the batch, but refuse an empty parameter vector
     op = SymmetricOp(torch.eye(3))
     with pytest.raises(ValueError, match="dim must be a positive integer"):
-        hessian.hutchinson_trace(op, 0)
+        krylov.hutchinson_trace(op, 0)
     with pytest.raises(ValueError, match="dim must be a positive integer"):
-        hessian.slq_density(op, 0)
+        krylov.slq_density(op, 0)
     assert op.n_products == 0
 
 
@@ -285,7 +285,7 @@ def test_fused_attention_is_refused_up_front_and_left_as_it_was():
                  lambda: hessian.top_eigenvalues(model, x, y, k=1),
                  lambda: hessian.batch_spectra(model, [(x, y)], k=1, progress=False)):
         with pytest.raises(ValueError, match=r"6 attention module\(s\).*fused kernel.*"
-                                             r"call lib\.models\.set_fused_attn\(model, False\) first"):
+                                             r"call lib\.core\.models\.set_fused_attn\(model, False\) first"):
             call()
     assert calls == [] and model.training  # nothing ran, not even model.eval()
     assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
@@ -305,14 +305,14 @@ def test_fused_attention_is_refused_up_front_and_left_as_it_was():
 def test_hutchinson_is_the_mean_of_quadratic_forms_and_unbiased():
     h = spectrum_matrix(list(np.linspace(-3, 10, 30)), seed=2)
     op = SymmetricOp(h)
-    est = hessian.hutchinson_trace(op, 30, n_samples=5, seed=7)
+    est = krylov.hutchinson_trace(op, 30, n_samples=5, seed=7)
     g = torch.Generator().manual_seed(7)
     forms = []
     for _ in range(5):
         v = (torch.randint(0, 2, (30,), generator=g) * 2 - 1).double()
         forms.append((v @ h @ v).item())
     np.testing.assert_allclose(est.samples, forms, rtol=1e-5)
-    big = hessian.hutchinson_trace(op, 30, n_samples=3000, seed=1)
+    big = krylov.hutchinson_trace(op, 30, n_samples=3000, seed=1)
     assert abs(big.mean - torch.trace(h).item()) < 4 * big.std_error
 
 
@@ -320,7 +320,7 @@ def test_slq_with_a_full_basis_recovers_the_spectrum_and_exact_moments():
     eigenvalues = np.linspace(-2, 5, 12)
     h = spectrum_matrix(list(eigenvalues), seed=3)
     op = SymmetricOp(h)
-    dens = hessian.slq_density(op, 12, n_vectors=2, steps=12, seed=0)
+    dens = krylov.slq_density(op, 12, n_vectors=2, steps=12, seed=0)
     for probe in range(2):
         np.testing.assert_allclose(np.sort(dens.nodes[probe]), eigenvalues, atol=1e-4)
         assert dens.weights[probe].sum() == pytest.approx(1.0, abs=1e-6)
@@ -340,7 +340,7 @@ def test_slq_on_a_model_hessian_has_the_right_trace():
     model, (x, y) = tiny_mlp(), tiny_batch()
     h = exact_hessian(model, x, y)
     op = hessian.HessianOperator(model, x, y)
-    dens = hessian.slq_density(op, op.dim, n_vectors=1, steps=op.dim, seed=0)
+    dens = krylov.slq_density(op, op.dim, n_vectors=1, steps=op.dim, seed=0)
     # a full Krylov basis: the nodes are the exact eigenvalues
     exact = torch.linalg.eigvalsh(h).numpy()
     nodes = np.sort(dens.nodes[0][dens.weights[0] > 1e-12])
@@ -351,15 +351,15 @@ def test_both_criteria_meet_their_tolerance_here_and_the_estimate_needs_fewer_pr
     values = [40.0, -25.0, 24.0, 9.0, 8.5] + list(np.linspace(-2, 2, 75))
     truth = np.array([40.0, -25.0, 24.0])
     for tol in (1e-2, 1e-3, 1e-5):
-        by_value = hessian.lanczos_eigs(SymmetricOp(spectrum_matrix(values, seed=1)), 80, k=3, tol=tol, seed=2,
+        by_value = krylov.lanczos_eigs(SymmetricOp(spectrum_matrix(values, seed=1)), 80, k=3, tol=tol, seed=2,
                                         criterion="eigenvalue")
-        by_residual = hessian.lanczos_eigs(SymmetricOp(spectrum_matrix(values, seed=1)), 80, k=3, tol=tol, seed=2)
+        by_residual = krylov.lanczos_eigs(SymmetricOp(spectrum_matrix(values, seed=1)), 80, k=3, tol=tol, seed=2)
         assert by_value.converged and by_residual.converged
         assert np.all(np.abs(by_value.values - truth) <= tol * np.abs(truth) + 1e-5)
         assert np.all(np.abs(by_residual.values - truth) <= tol * np.abs(truth) + 1e-5)
         assert by_value.n_products <= by_residual.n_products
     with pytest.raises(ValueError, match="unknown criterion 'change'; choose one of eigenvalue, residual"):
-        hessian.lanczos_eigs(SymmetricOp(spectrum_matrix(values)), 80, criterion="change")
+        krylov.lanczos_eigs(SymmetricOp(spectrum_matrix(values)), 80, criterion="change")
 
 
 def test_a_temperature_divides_the_logits_before_the_loss():
@@ -380,7 +380,7 @@ def test_directional_curvature_of_a_linear_classifier_in_closed_form():
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 5)).eval()
     x = torch.rand(40, 1, 6, 6, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 5, (40,), generator=torch.Generator().manual_seed(2))
-    d = landscape.random_directions(model, n=1, seed=3)[0]
+    d = directions.random_directions(model, n=1, seed=3)[0]
     X = x.flatten(1).double()
     W, b = (p.detach().double() for p in model[1].parameters())
     for temperature in (1.0, 2.0):
@@ -396,7 +396,7 @@ def test_directional_curvature_equals_differences_of_the_slope_in_float64(name):
     torch.manual_seed(0)
     model = models.build(name, img_size=8).eval().double()
     x, y = torch.rand(6, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 7, 9, 1, 2])
-    d = landscape.random_directions(model, n=1, seed=1)[0]
+    d = directions.random_directions(model, n=1, seed=1)[0]
     params = [p for p in model.parameters() if p.requires_grad]
 
     def slope_at(alpha: float) -> float:

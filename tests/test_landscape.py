@@ -15,7 +15,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
 from lib.core import data, metrics, models  # noqa: E402
-from lib.analyses import landscape  # noqa: E402
+from lib.analyses import directions, landscape  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -51,10 +51,10 @@ def assert_bit_exact(model: nn.Module, before: list[torch.Tensor], ptrs: list[in
 # Directions
 
 
-@pytest.mark.parametrize("normalization", landscape.NORMALIZATIONS)
+@pytest.mark.parametrize("normalization", directions.NORMALIZATIONS)
 def test_direction_norms_match_the_weights(normalization):
     model = tiny_net()
-    (d,) = landscape.random_directions(model, n=1, normalization=normalization, seed=3)
+    (d,) = directions.random_directions(model, n=1, normalization=normalization, seed=3)
     for (name, p), t in zip(model.named_parameters(), d):
         assert t.shape == p.shape and t.dtype == p.dtype
         if p.dim() < 2:
@@ -74,18 +74,18 @@ def test_normalize_direction_by_hand():
     w = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
     d = torch.tensor([[1.0, 0.0], [2.0, 2.0]])
     # filter: row norms of w are 5 and 1
-    torch.testing.assert_close(landscape.normalize_direction(d, w, "filter"),
+    torch.testing.assert_close(directions.normalize_direction(d, w, "filter"),
                                torch.tensor([[5.0, 0.0], [1 / math.sqrt(2), 1 / math.sqrt(2)]]))
     # axis0: column norms of w are 3 and sqrt(17); of d, sqrt(5) and 2
-    torch.testing.assert_close(landscape.normalize_direction(d, w, "axis0"),
+    torch.testing.assert_close(directions.normalize_direction(d, w, "axis0"),
                                torch.tensor([[3 / math.sqrt(5), 0.0], [6 / math.sqrt(5), math.sqrt(17)]]))
     with pytest.raises(ValueError, match="1-D tensors"):
-        landscape.normalize_direction(torch.ones(3), torch.ones(3))
+        directions.normalize_direction(torch.ones(3), torch.ones(3))
 
 
 def test_positional_embedding_and_1d_tensors_get_zero_directions():
     vit = models.build("vit", img_size=8)
-    d1, d2 = landscape.random_directions(vit, n=2)
+    d1, d2 = directions.random_directions(vit, n=2)
     names = [name for name, p in vit.named_parameters() if p.requires_grad]
     assert "net.pos_embed" in names
     for name, t1, t2, p in zip(names, d1, d2, (p for p in vit.parameters() if p.requires_grad)):
@@ -93,40 +93,40 @@ def test_positional_embedding_and_1d_tensors_get_zero_directions():
         assert (torch.count_nonzero(t1) == 0) == zero, name
         assert (torch.count_nonzero(t2) == 0) == zero, name
     # ignore=() moves the positional embedding too, without changing any other tensor's direction
-    (e1,) = landscape.random_directions(vit, n=1, ignore=())
+    (e1,) = directions.random_directions(vit, n=1, ignore=())
     for name, a, b in zip(names, d1, e1):
         if name == "net.pos_embed":
             assert torch.count_nonzero(b) > 0
         else:
             assert torch.equal(a, b), name
     # a plain string is one name, not a set of letters
-    (f1,) = landscape.random_directions(vit, n=1, ignore="pos_embed")
+    (f1,) = directions.random_directions(vit, n=1, ignore="pos_embed")
     assert all(torch.equal(a, b) for a, b in zip(d1, f1))
 
 
 def test_directions_are_seeded():
     model = tiny_net()
-    a = landscape.random_directions(model, n=2, seed=5)
-    b = landscape.random_directions(model, n=2, seed=5)
-    c = landscape.random_directions(model, n=2, seed=6)
-    first = landscape.random_directions(model, n=1, seed=5)[0]
+    a = directions.random_directions(model, n=2, seed=5)
+    b = directions.random_directions(model, n=2, seed=5)
+    c = directions.random_directions(model, n=2, seed=6)
+    first = directions.random_directions(model, n=1, seed=5)[0]
     for k in range(2):
         assert all(torch.equal(x, y) for x, y in zip(a[k], b[k]))
     assert not torch.equal(a[0][0], c[0][0])
     assert not torch.equal(a[0][0], a[1][0])  # the two directions differ
     assert all(torch.equal(x, y) for x, y in zip(a[0], first))  # direction 1 does not depend on n
-    assert abs(landscape.direction_cosine(a[0], a[0]) - 1) < 1e-12
-    assert abs(landscape.direction_cosine(a[0], [-t for t in a[0]]) + 1) < 1e-12
+    assert abs(directions.direction_cosine(a[0], a[0]) - 1) < 1e-12
+    assert abs(directions.direction_cosine(a[0], [-t for t in a[0]]) + 1) < 1e-12
 
 
 def test_direction_errors():
     model = tiny_net()
     with pytest.raises(ValueError, match=r"'bogus'.*filter, axis0"):
-        landscape.random_directions(model, normalization="bogus")
+        directions.random_directions(model, normalization="bogus")
     with pytest.raises(ValueError, match="n must be"):
-        landscape.random_directions(model, n=0)
+        directions.random_directions(model, n=0)
     with pytest.raises(ValueError, match="no trainable"):
-        landscape.random_directions(nn.ReLU())
+        directions.random_directions(nn.ReLU())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_plane_of_a_linear_classifier_matches_an_independent_computation():
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 5)).eval()
     x, _ = tiny_data(40)
     y = torch.randint(0, 5, (40,), generator=torch.Generator().manual_seed(2))
-    d1, d2 = landscape.random_directions(model, n=2, seed=1)
+    d1, d2 = directions.random_directions(model, n=2, seed=1)
     assert torch.count_nonzero(d1[1]) == 0  # the bias stays put
     xs, ys = np.linspace(-1, 1, 5), np.array([-0.5, 0.0, 0.75])
     s = landscape.surface_2d(model, x, y, (d1, d2), xs, ys, batch_size=16, progress=False)
@@ -221,7 +221,7 @@ def test_a_temperature_divides_the_logits_at_every_point(points_per_pass):
 def test_centre_equals_a_plain_evaluation_in_eval_mode():
     model = tiny_net().train()  # eval mode is the surface's business: running statistics are used
     x, y = tiny_data(10)
-    d = landscape.random_directions(model, n=1)[0]
+    d = directions.random_directions(model, n=1)[0]
     s = landscape.surface_1d(model, x, y, d, [0.0, 0.5], batch_size=3, progress=False)
     ref = metrics.evaluate(model, x, y)
     assert model.training  # mode restored
@@ -233,7 +233,7 @@ def test_weights_are_restored_bit_exactly():
     model = tiny_net()
     x, y = tiny_data(10)
     before, ptrs = snapshot(model), [p.data_ptr() for p in model.parameters()]
-    d = landscape.random_directions(model, n=2)
+    d = directions.random_directions(model, n=2)
     landscape.surface_2d(model, x, y, d, [-1, 0.3, 1], [-0.7, 1], batch_size=4, progress=False)
     assert_bit_exact(model, before, ptrs)
     landscape.surface_2d(model, x, y, d, [-1, 0.3, 1], [-0.7, 1], batch_size=4, progress=False, points_per_pass=4)
@@ -259,7 +259,7 @@ def test_weights_are_restored_when_an_error_interrupts(points_per_pass):
     model = Exploding(tiny_net()).train()
     x, y = tiny_data(10)
     before, ptrs = snapshot(model), [p.data_ptr() for p in model.parameters()]
-    d = landscape.random_directions(model, n=2)
+    d = directions.random_directions(model, n=2)
     with pytest.raises(RuntimeError, match="boom"):  # 2 chunks per point: fails inside point 2
         landscape.surface_2d(model, x, y, d, [0.5, 1.0], [1.0, 2.0], batch_size=5, progress=False,
                              points_per_pass=points_per_pass)
@@ -272,7 +272,7 @@ def test_batched_points_equal_sequential(name):
     torch.manual_seed(0)
     model = models.build(name, img_size=8).eval()
     x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 3, 7, 9])
-    d = landscape.random_directions(model, n=2)
+    d = directions.random_directions(model, n=2)
     kw = dict(batch_size=2, progress=False)
     one = landscape.surface_2d(model, x, y, d, [-0.6, 0.0, 0.4], [0.0, 0.5], **kw)
     many = landscape.surface_2d(model, x, y, d, [-0.6, 0.0, 0.4], [0.0, 0.5], points_per_pass=4, **kw)
@@ -285,7 +285,7 @@ def test_batched_points_equal_sequential(name):
 def test_surface_argument_errors():
     model = tiny_net()
     x, y = tiny_data(4)
-    d = landscape.random_directions(model, n=2)
+    d = directions.random_directions(model, n=2)
     with pytest.raises(ValueError, match="list of directions"):
         landscape.surface_1d(model, x, y, d, [0.0], progress=False)
     with pytest.raises(ValueError, match="tensors but the model has"):

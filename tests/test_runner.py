@@ -15,11 +15,11 @@ import pytest
 from lib.zoo import catalog, recipe, runner, runstate, train
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = train.Recipe(epochs=2, warmup_epochs=1, batch_size=256, drop_path=0.0, augment=False)
+TINY = recipe.Recipe(epochs=2, warmup_epochs=1, batch_size=256, drop_path=0.0, augment=False)
 QUARTER = 0.25  # of the synthetic training set: one step an epoch
 
 
-def step_for(entry: catalog.Entry, folder: Path, recipe: train.Recipe = TINY, force: bool = False,
+def step_for(entry: catalog.Entry, folder: Path, recipe: recipe.Recipe = TINY, force: bool = False,
              state: Path | None = None) -> runner.Step:
     return runner.plan(entry, recipe, folder, state, force=force)
 
@@ -60,13 +60,13 @@ def test_an_entry_that_needs_its_warmup_snapshot_is_not_done_without_it(tmp_path
 
 def test_child_command():
     entry = catalog.catalogued(catalog.Entry("alternet", subset=0.1, seed=2))
-    step = runner.Step(entry, replace(train.FULL_RECIPE, epochs=3, warmup_epochs=1), "resume", "")
+    step = runner.Step(entry, replace(recipe.FULL_RECIPE, epochs=3, warmup_epochs=1), "resume", "")
     argv = runner.child_command(step, Path("state"), "cuda", progress=False, compile=True)
     assert argv[1:] == ["-m", "lib.zoo.train", "--model", "alternet", "--dataset", "fashion-mnist", "--subset", "0.1",
                         "--seed", "2", "--no-snapshots", "--out", str(Path("state") / entry.filename),
                         "--device", "cuda", "--epochs", "3", "--warmup-epochs", "1", "--resume",
                         "--eval-every", str(runner.SUBSET_EVAL_EVERY), "--no-progress", "--compile"]
-    full = runner.Step(catalog.catalogued(catalog.Entry("vit")), train.FULL_RECIPE, "train", "")
+    full = runner.Step(catalog.catalogued(catalog.Entry("vit")), recipe.FULL_RECIPE, "train", "")
     assert runner.child_command(full, Path("state"), "cpu", progress=True, compile=False)[1:] == [
         "-m", "lib.zoo.train", "--model", "vit", "--dataset", "fashion-mnist", "--out", str(Path("state") / "vit-fashion-mnist.pt"),
         "--device", "cpu", "--resume"]  # the zoo's recipe needs no flags; a fresh run resumes nothing

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.core import data, metrics, models
+from lib.core import data, io, metrics, models
 from lib.zoo import runstate, train
 from lib.zoo import recipe as recipe_module
 
 REPO = Path(__file__).resolve().parent.parent
 # Small, fast and deterministic: no augmentation or drop-path noise unless a test asks for it.
-TINY = train.Recipe(epochs=2, warmup_epochs=1, batch_size=256, lr=2e-3, drop_path=0.0, augment=False)
+TINY = recipe_module.Recipe(epochs=2, warmup_epochs=1, batch_size=256, lr=2e-3, drop_path=0.0, augment=False)
 
 
 def test_two_steps_lower_the_loss():
@@ -27,7 +27,7 @@ def test_two_steps_lower_the_loss():
     torch.manual_seed(0)
     before = models.build("resnet", **record["build"]).eval()
     after = models.build("resnet", **record["build"])
-    train.load_half_state_dict(after, record["weights"])
+    io.load_half_state_dict(after, record["weights"])
     after.eval()
     with torch.no_grad():
         loss_before = F.cross_entropy(before(x), y).item()
@@ -50,19 +50,19 @@ def test_record_has_full_provenance(tmp_path):
     traj = record["trajectory"]  # polar trajectory from per-epoch snapshots, only numbers kept
     assert traj["epoch"] == [0, 1, 2] and traj["r"][0] == 1.0 and traj["r"][-1] == 0.0
     assert traj["theta_deg"][0] == 0.0 and 0 < traj["r"][1] and 0 < traj["theta_deg"][1] < 180
-    assert out.exists() and not train.resume_path(out).exists()  # resume state removed when done
+    assert out.exists() and not runstate.resume_path(out).exists()  # resume state removed when done
     assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "vit.pt"]  # no temp files or snapshots left
     # the stored test metrics are those of the stored float16 weights
     model = models.build("vit", **record["build"])
-    train.load_half_state_dict(model, record["weights"])
+    io.load_half_state_dict(model, record["weights"])
     x, y = data.load("synthetic", train=False)
     assert metrics.evaluate(model, x, y)["acc"] == pytest.approx(record["test_acc"])
 
 
 def test_the_zoo_recipe_per_subset():
-    assert train.FULL_RECIPE.epochs == 30 and train.FULL_RECIPE.warmup_epochs == 3
-    assert recipe_module.zoo_recipe(None) == recipe_module.zoo_recipe(1) == train.FULL_RECIPE
-    assert recipe_module.zoo_recipe(0.1) == replace(train.FULL_RECIPE, epochs=60, warmup_epochs=6)
+    assert recipe_module.FULL_RECIPE.epochs == 30 and recipe_module.FULL_RECIPE.warmup_epochs == 3
+    assert recipe_module.zoo_recipe(None) == recipe_module.zoo_recipe(1) == recipe_module.FULL_RECIPE
+    assert recipe_module.zoo_recipe(0.1) == replace(recipe_module.FULL_RECIPE, epochs=60, warmup_epochs=6)
 
 
 def test_status_is_final_only_for_the_zoo_recipe_of_the_subset(monkeypatch):
@@ -89,7 +89,7 @@ def test_resume_after_interruption_is_exact(tmp_path):
     straight = train.train("vit", "synthetic", recipe=recipe, out=tmp_path / "a.pt", progress=False)
     out = tmp_path / "b.pt"
     assert train.train("vit", "synthetic", recipe=recipe, out=out, progress=False, stop_after_epochs=1) is None
-    assert train.resume_path(out).exists() and not out.exists()
+    assert runstate.resume_path(out).exists() and not out.exists()
     assert (tmp_path / "b.pt.trajectory").is_dir()  # the snapshots survive the interruption
     resumed = train.train("vit", "synthetic", recipe=recipe, out=out, progress=False, resume=True)
     for k, v in straight["weights"].items():
@@ -106,15 +106,15 @@ def test_a_stop_inside_an_epoch_keeps_its_steps_and_resumes_exactly(tmp_path):
     straight = train.train("vit", out=tmp_path / "a.pt", **half)
     out = tmp_path / "b.pt"
     assert train.train("vit", out=out, stop_after_steps=6, **half) is None
-    state = runstate.read_state(train.resume_path(out))
+    state = runstate.read_state(runstate.resume_path(out))
     assert state["epoch"] == 1 and state["partial"]["step"] == 2 and runstate.peek_resume(out)["step"] == 2
     assert train.train("vit", out=out, resume=True, stop_after_steps=7, **half) is None  # again, same epoch
-    assert runstate.read_state(train.resume_path(out))["partial"]["step"] == 3
+    assert runstate.read_state(runstate.resume_path(out))["partial"]["step"] == 3
     resumed = train.train("vit", out=out, resume=True, **half)
     for k, v in straight["weights"].items():
         assert torch.equal(v, resumed["weights"][k]), k
     assert straight["history"] == resumed["history"] and straight["trajectory"] == resumed["trajectory"]
-    assert straight["test_acc"] == resumed["test_acc"] and not train.resume_path(out).exists()
+    assert straight["test_acc"] == resumed["test_acc"] and not runstate.resume_path(out).exists()
 
 
 def test_sigterm_stops_between_steps_and_the_run_continues_exactly(tmp_path):
@@ -133,7 +133,7 @@ def test_sigterm_stops_between_steps_and_the_run_continues_exactly(tmp_path):
     proc = subprocess.Popen(command(out), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=one_thread)
     deadline = time.monotonic() + 120
-    while not train.resume_path(out).exists() and time.monotonic() < deadline:
+    while not runstate.resume_path(out).exists() and time.monotonic() < deadline:
         time.sleep(0.05)  # an epoch has finished: the signal lands in the second
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -148,8 +148,8 @@ def test_resume_without_state_starts_fresh_and_a_different_run_is_set_aside(tmp_
     out = tmp_path / "x.pt"
     assert train.train("vit", "synthetic", recipe=TINY, out=out, resume=True, progress=False,
                        stop_after_epochs=1) is None
-    assert "no resume state" in capsys.readouterr().err and train.resume_path(out).exists()
-    mine = train.resume_path(out).read_bytes()
+    assert "no resume state" in capsys.readouterr().err and runstate.resume_path(out).exists()
+    mine = runstate.resume_path(out).read_bytes()
     record = train.train("vit", "synthetic", recipe=TINY, seed=5, out=out, resume=True, progress=False)
     err = capsys.readouterr().err
     assert "set aside x.pt.resume.pt (it continues another run: vit on synthetic, seed 0, 2 epochs)" in err
@@ -160,7 +160,7 @@ def test_resume_without_state_starts_fresh_and_a_different_run_is_set_aside(tmp_
 def test_an_unreadable_resume_state_is_set_aside_in_one_line(tmp_path, capsys):
     out, tiny = tmp_path / "x.pt", dict(recipe=TINY, progress=False)  # one step an epoch on a quarter
     train.train("vit", "synthetic", 0.25, out=out, stop_after_epochs=1, **tiny)
-    state = train.resume_path(out)
+    state = runstate.resume_path(out)
     good = state.read_bytes()
     for damaged in (good[:len(good) // 2], b"", b"not a zip file"):
         state.write_bytes(damaged)
@@ -189,7 +189,7 @@ def test_a_fresh_run_discards_an_old_state_and_says_so(tmp_path, capsys):
 
 def test_one_out_one_writer(tmp_path):
     out = tmp_path / "x.pt"
-    with train.run_lock(out):
+    with runstate.run_lock(out):
         with pytest.raises(RuntimeError, match="another process is training into"):
             train.train("vit", "synthetic", recipe=TINY, out=out, progress=False)
 
@@ -217,11 +217,11 @@ def test_bad_arguments(kwargs, match):
                                        (dict(batch_size=0), "batch_size"), (dict(lr=-1.0), "lr")])
 def test_bad_recipe(bad, match):
     with pytest.raises(ValueError, match=match):
-        train.Recipe(**bad)
+        recipe_module.Recipe(**bad)
 
 
 def test_lr_schedule():
-    f = [train.lr_factor(s, 100, 10, 0.01) for s in range(100)]
+    f = [recipe_module.lr_factor(s, 100, 10, 0.01) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert f[10] == pytest.approx(1.0) and f[-1] == pytest.approx(0.01, abs=1e-3)
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
@@ -299,10 +299,10 @@ def test_epochs_alone_scales_the_warmup(capsys):
     from lib.zoo import recipe
     parser = train._parser()
     args = parser.parse_args(["--model", "vit", "--out", "x.pt", "--epochs", "3"])
-    assert train.recipe_from_args(args, parser) == replace(train.FULL_RECIPE, epochs=3, warmup_epochs=1)
+    assert recipe_module.recipe_from_args(args, parser) == replace(recipe_module.FULL_RECIPE, epochs=3, warmup_epochs=1)
     assert "warm-up scaled to 1 epoch(s) for --epochs 3" in capsys.readouterr().err
     assert [recipe.scaled_warmup(e) for e in (1, 3, 12, 24, 30, 60, 120)] == [1, 1, 1, 2, 3, 6, 12]
     args = parser.parse_args(["--model", "vit", "--out", "x.pt", "--epochs", "3", "--warmup-epochs", "0"])
-    assert train.recipe_from_args(args, parser).warmup_epochs == 0  # an explicit value stays
-    assert recipe.recipe_flags(replace(train.FULL_RECIPE, epochs=3, warmup_epochs=1, augment=False)) == \
+    assert recipe_module.recipe_from_args(args, parser).warmup_epochs == 0  # an explicit value stays
+    assert recipe.recipe_flags(replace(recipe_module.FULL_RECIPE, epochs=3, warmup_epochs=1, augment=False)) == \
         ["--epochs", "3", "--warmup-epochs", "1", "--augment", "false"]

@@ -11,7 +11,7 @@ from lib.core import models
 from lib.zoo import __main__ as cli
 from lib.zoo import catalog, checkpoints, recipe, runner, train
 
-RECIPE = train.Recipe(epochs=1, warmup_epochs=1, batch_size=512, drop_path=0.0, augment=False)
+RECIPE = recipe.Recipe(epochs=1, warmup_epochs=1, batch_size=512, drop_path=0.0, augment=False)
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +265,7 @@ def test_cli_train_selects_entries_and_schedules(monkeypatch):
     assert cli.main(["train"]) == 0  # the main set, the zoo's recipe for each subset, in priority order
     work, _ = calls.pop()
     assert [e for e, _ in work] == list(catalog.MAIN) and all(r == recipe.zoo_recipe(e.subset) for e, r in work)
-    assert {r.epochs for e, r in work if e.subset is None} == {train.FULL_RECIPE.epochs}
+    assert {r.epochs for e, r in work if e.subset is None} == {recipe.FULL_RECIPE.epochs}
     assert cli.main(["train", "--set", "all", "--lr", "0.002"]) == 0  # a recipe flag applies to every entry
     work, _ = calls.pop()
     assert [e for e, _ in work] == list(catalog.PRIORITY) and {r.lr for _, r in work} == {0.002}

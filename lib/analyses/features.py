@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core import blocks as blocks_lib
-from ..core.blocks import UnitInfo, unit_infos  # noqa: F401  (the chapters find them here too)
+from ..core.blocks import UnitInfo
 from ..core import data
 
 

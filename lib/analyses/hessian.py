@@ -14,8 +14,7 @@ released; this module is a complete, tested implementation.
 * :func:`batch_extremes` gives both ends of each batch's spectrum, λ_max and λ_min with error
   bounds, so negative curvature is read from λ_min itself, not from a top-k that may hide it.
 * The solvers, Hutchinson's trace and the stochastic-Lanczos-quadrature density work on any
-  operator and live in :mod:`lib.analyses.krylov`; they are importable from here too
-  (``hessian.lanczos_eigs``, ``hessian.slq_density``, ...), as the chapters call them.
+  operator and live in :mod:`lib.analyses.krylov` (``krylov.lanczos_eigs``, ``krylov.slq_density``, ...).
 
 Conventions, stated once: the loss is the mean cross-entropy (no label smoothing) of the batch,
 plus ``l2/2·‖w‖²`` when ``l2 > 0`` (which shifts every eigenvalue by exactly ``l2``); the model is
@@ -37,8 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core import data
-from .krylov import (CRITERIA, Eigs, Extremes, MatVec, SpectralDensity, TraceEstimate,  # noqa: F401
-                     extreme_eigenvalues, hutchinson_trace, lanczos_eigs, power_iteration, slq_density)
+from .krylov import (Eigs, MatVec, extreme_eigenvalues, lanczos_eigs, power_iteration)
 
 METHODS = ("lanczos", "power")
 

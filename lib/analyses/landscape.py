@@ -4,9 +4,8 @@ Park & Kim (2022, Fig. 1a) draw the loss around trained weights w₀ along two r
 L(w₀ + x·d₁ + y·d₂), following Li et al. (2018); Fig. 1b follows training in polar form relative to
 the final weights w*: r_t = ‖w_t − w*‖ / ‖w₀ − w*‖ and θ_t = angle(w_t − w*, w₀ − w*).
 
-* :func:`random_directions` (from :mod:`lib.analyses.directions`, importable from here) draws
-  filter-normalised Gaussian directions (Li et al.); biases, norm affines and positional
-  embeddings get zero.
+* :func:`lib.analyses.directions.random_directions` draws filter-normalised Gaussian directions
+  (Li et al.); biases, norm affines and positional embeddings get zero.
 * :func:`landscape_data` fixes the images every grid point is evaluated on: a seeded,
   class-balanced training subset, augmented once.
 * :func:`surface_1d` and :func:`surface_2d` evaluate NLL, accuracy and the weight term
@@ -33,8 +32,7 @@ from torch import nn
 from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
 
 from ..core import data
-from .directions import (NORMALIZATIONS, direction_cosine, normalize_direction,  # noqa: F401
-                         random_directions, trainable_parameters)
+from .directions import (trainable_parameters)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -34,12 +34,10 @@ import torch
 from torch import Tensor
 
 from . import datafiles
-from .datafiles import DataNotFoundError  # noqa: F401 (raised by load; part of this API)
 
 __all__ = [
     "DATA_ROOT",
     "DATASETS",
-    "DataNotFoundError",
     "DatasetInfo",
     "augment",
     "balanced_subset_indices",
@@ -145,7 +143,7 @@ def load(
 
     Raises:
         ValueError: unknown ``name``, ``subset`` out of range or ``subset`` on the test split.
-        DataNotFoundError: the files are missing and could not be fetched.
+        lib.core.datafiles.DataNotFoundError: the files are missing and could not be fetched.
     """
     _check_name(name)
     if subset is not None:
