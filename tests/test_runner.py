@@ -3,6 +3,7 @@ and restarted, driven through the same command line as ``make zoo``, on the synt
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -92,8 +93,14 @@ def command(folder: Path, state: Path) -> list[str]:
 
 
 def start(folder: Path, state: Path) -> subprocess.Popen:
+    """The runner in a process group of its own, as a terminal or ``setsid`` starts it."""
     return subprocess.Popen(command(folder, state), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, start_new_session=True)
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def wait_for(condition, what: str, timeout_s: float = 120.0) -> None:
@@ -134,11 +141,14 @@ def test_rehearsal_killed_and_restarted(tmp_path):
     done_at = resumed_epoch(big)
     assert done_at == 1
 
-    # 2. restart, then SIGTERM twice (as make passes it on): the runner stops its child once, says
+    # 2. restart, then SIGTERM to the runner's process group and once more to the runner (as make
+    #    passes it on): the child, in a session of its own, is asked once, by the runner, which says
     #    how to continue and ignores the repeated request
     proc = start(folder, state)
     wait_for(lambda: training(big), "the restarted training")
-    proc.send_signal(signal.SIGTERM)
+    trainers = children(proc.pid)
+    assert len(trainers) == 1 and os.getsid(trainers[0]) != os.getsid(proc.pid)
+    os.killpg(proc.pid, signal.SIGTERM)
     time.sleep(0.2)  # the second request arrives while the runner is stopping its child
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)

@@ -136,7 +136,7 @@ def _die_with_parent() -> None:
     """In the child: ask Linux for SIGTERM when the runner dies, however it dies."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: Ctrl-C and SIGTERM still stop the children
+    except (OSError, AttributeError):  # not Linux: stopping the runner still stops the children
         pass
 
 
@@ -236,7 +236,12 @@ def run(work: list[tuple[Entry, Recipe]], folder: str | os.PathLike = catalog.ST
                 step = queue.pop(0)
                 echo(f"{step.action:8} {step.entry.key}: {step.why}")
                 argv = child_command(step, state, device, progress=jobs == 1, compile=compile)
-                running[subprocess.Popen(argv, cwd=catalog.REPO, env=env, preexec_fn=_die_with_parent)] = step
+                # Each child in a session of its own: a stop for the runner's process group (Ctrl-C
+                # in a terminal, ``kill -- -PGID``, ``make`` passing its SIGTERM on) reaches the
+                # runner alone, which asks each child exactly once. A second request would make the
+                # child stop at once, losing the steps since its last save.
+                running[subprocess.Popen(argv, cwd=catalog.REPO, env=env, start_new_session=True,
+                                         preexec_fn=_die_with_parent)] = step
             for proc in [p for p in running if p.poll() is not None]:
                 step = running.pop(proc)
                 if proc.returncode != 0:
