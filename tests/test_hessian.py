@@ -103,8 +103,8 @@ def test_batchnorm_model_is_differentiated_in_eval_mode():
     model(x)  # give BatchNorm non-trivial running statistics
     model.train()
     op = hessian.HessianOperator(model, x, y)
-    assert not model.training, "the Hessian is taken in eval mode"
-    h = exact_hessian(model, x, y)  # of the eval-mode function
+    assert model.training, "the caller's train mode is restored"
+    h = exact_hessian(model, x, y)  # of the eval-mode function: the operator's is that one too
     torch.testing.assert_close(hessian.dense_hessian(op, op.dim).double(), h, rtol=1e-4, atol=1e-5)
 
 

@@ -26,7 +26,6 @@ and Li et al. (2023):
 from __future__ import annotations
 
 import math
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
@@ -35,11 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..core import blocks as blocks_lib
 from ..core.blocks import AboutUnit, UnitInfo
-from ..core.models import Classifier, MSABlock, PreActResNet, eval_mode
+from ..core.models import Classifier, MSABlock, PreActResNet
+from ..core.running import analysis_device, captured_outputs, check_positive_int, eval_mode, progress_bar
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,10 +142,6 @@ class AttentionMaps(AboutUnit):
         return math.isqrt(self.probs.shape[-1] - int(self.unit.cls))
 
 
-def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    return torch.device(device) if device is not None else next(model.parameters()).device
-
-
 @torch.no_grad()
 def attention_maps(model: nn.Module, x: torch.Tensor, device: str | torch.device | None = None
                    ) -> tuple[list[AttentionMaps], torch.Tensor]:
@@ -158,22 +153,16 @@ def attention_maps(model: nn.Module, x: torch.Tensor, device: str | torch.device
     floating-point rounding. Maps come back on the CPU as float32.
     """
     units = attention_units(model)
-    device = _device_of(model, device)
-    seen: dict[int, torch.Tensor] = {}
-    hooks = [u.module.attn_drop.register_forward_hook(
-        lambda _m, _i, out, k=k: seen.__setitem__(k, out.detach())) for k, u in enumerate(units)]
-    try:
-        with eval_mode(model), explicit_attention(model):
-            logits = model(x.to(device))
-    finally:
-        for h in hooks:
-            h.remove()
+    device = analysis_device(model, device)
+    with captured_outputs({k: u.module.attn_drop for k, u in enumerate(units)}) as seen, \
+            eval_mode(model), explicit_attention(model):
+        logits = model(x.to(device))
     if len(seen) != len(units):
         raise RuntimeError(f"saw attention in {len(seen)} of {len(units)} units; the hooks missed some")
     b = x.shape[0]
     maps = []
     for k, unit in enumerate(units):
-        p = seen[k].float().cpu()
+        p = seen[k].detach().float().cpu()
         maps.append(AttentionMaps(unit, p.reshape(b, p.shape[0] // b, *p.shape[1:])))
     return maps, logits.float().cpu()
 
@@ -269,15 +258,6 @@ class UnitStatistics(AboutUnit):
         return self.distance.mean(axis=0)
 
 
-def _progress(iterable: Iterable, total: int, desc: str, progress: bool) -> Iterable:
-    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not progress, file=sys.stderr)
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
-
-
 def _check_images(x: torch.Tensor, at_least: int = 1) -> None:
     if x.ndim != 4 or x.shape[0] < at_least:
         raise ValueError(f"expected at least {at_least} images of shape (B, C, H, W), got {tuple(x.shape)}")
@@ -295,12 +275,12 @@ def attention_statistics(model: nn.Module, x: torch.Tensor, batch_size: int = 25
     """Mean attention distance, CLS mass and strength by ring distance of every MSA unit,
     image by image (so that comparisons can pair images), batch by batch to bound memory."""
     _check_images(x)
-    _check_batch_size(batch_size)
+    check_positive_int(batch_size, "batch_size")
     parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
     units: list[AttentionUnit] = []
     grids: list[int] = []
     batches = x.split(batch_size)
-    for xb in _progress(batches, len(batches), "attention", progress):
+    for xb in progress_bar(batches, total=len(batches), desc="attention", progress=progress):
         maps, _ = attention_maps(model, xb, device)
         if not parts:
             parts = [[] for _ in maps]
@@ -465,9 +445,9 @@ def _labelled_batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     """Check images, labels and batch size; the model's attention units, its device and the
     ``(images, labels)`` batches, for the analyses that score heads on labelled images."""
     _check_images(x)
-    _check_batch_size(batch_size)
+    check_positive_int(batch_size, "batch_size")
     _check_labels(x, y)
-    return attention_units(model), _device_of(model, device), list(zip(x.split(batch_size), y.split(batch_size)))
+    return attention_units(model), analysis_device(model, device), list(zip(x.split(batch_size), y.split(batch_size)))
 
 
 def _per_image_loss(logits: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -490,7 +470,7 @@ def head_importance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     drops: list[list[np.ndarray]] = [[] for _ in units]
     clean_losses, clean_correct = [], []
     with eval_mode(model):
-        for xb, yb in _progress(batches, len(batches), "head importance", progress):
+        for xb, yb in progress_bar(batches, total=len(batches), desc="head importance", progress=progress):
             xb, yb = xb.to(device), yb.to(device)
             logits, outs = blocks_lib.run_blocks(all_units, xb, keep=True)
             loss0, ok0 = _per_image_loss(logits, yb)
@@ -523,7 +503,7 @@ def gradient_importance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batc
     units, device, batches = _labelled_batches(model, x, y, batch_size, device)
     out: list[list[np.ndarray]] = [[] for _ in units]
     with eval_mode(model):
-        for xb, yb in _progress(batches, len(batches), "gradient proxy", progress):
+        for xb, yb in progress_bar(batches, total=len(batches), desc="gradient proxy", progress=progress):
             xb, yb = xb.to(device), yb.to(device)
             gates = [torch.ones(xb.shape[0], u.heads, device=device, requires_grad=True) for u in units]
             hooks = []
@@ -575,17 +555,17 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, order: Seq
     correctness. Rank heads on other images than ``x`` (e.g. with :func:`head_importance` on a
     separate split), or the curve is flattered by the choice of order."""
     _check_images(x)
-    _check_batch_size(batch_size)
+    check_positive_int(batch_size, "batch_size")
     _check_labels(x, y)
     units = attention_units(model)
     order = _check_heads(units, order)
     steps = [int(k) for k in steps]
     if any(not 0 <= k <= len(order) for k in steps):
         raise ValueError(f"steps must lie in [0, {len(order)}] (the heads in order), got {steps}")
-    device = _device_of(model, device)
+    device = analysis_device(model, device)
     rows = []
     with eval_mode(model):
-        for k in _progress(steps, len(steps), "pruning", progress):
+        for k in progress_bar(steps, total=len(steps), desc="pruning", progress=progress):
             with masked_heads(model, order[:k]):
                 ok = [(model(xb.to(device)).argmax(dim=1).cpu() == yb).double().numpy()
                       for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
@@ -662,7 +642,7 @@ def fit_autoencoder(rows: torch.Tensor, latent: int = 8, hidden: int = 64, epoch
         model = PatternAutoencoder(rows.shape[1], latent, hidden)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     history = []
-    for _ in _progress(range(epochs), epochs, "autoencoder", progress):
+    for _ in progress_bar(range(epochs), total=epochs, desc="autoencoder", progress=progress):
         perm = torch.randperm(rows.shape[0], generator=gen)
         total, count = 0.0, 0
         for idx in perm.split(batch_size):

@@ -12,18 +12,17 @@ lesioned, so that the chapters can compare lesions with paired intervals over im
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..core import blocks as blocks_lib
 from ..core.blocks import UnitInfo
 from ..core import data
+from ..core.running import analysis_device, progress_bar, runs_in_eval_mode
 
 
 def unit_roles(units: list) -> list[str]:
@@ -37,6 +36,7 @@ def unit_roles(units: list) -> list[str]:
 
 
 @torch.no_grad()
+@runs_in_eval_mode
 def unit_outputs(model: nn.Module, x: torch.Tensor, device: str | torch.device | None = None
                  ) -> list[tuple[UnitInfo, torch.Tensor]]:
     """Every spatial unit's output on ``x`` as a map ``(B, C, H, W)`` on the CPU.
@@ -44,8 +44,7 @@ def unit_outputs(model: nn.Module, x: torch.Tensor, device: str | torch.device |
     Token outputs are reshaped to their grid with the CLS token dropped (:func:`blocks.as_grid`);
     the head, whose output has no spatial extent, is left out. The model runs in eval mode.
     """
-    device = torch.device(device or next(model.parameters()).device)
-    model.eval()
+    device = analysis_device(model, device)
     units = blocks_lib.blocks(model)
     _, outs = blocks_lib.run_blocks(units, x.to(device), keep=True)
     return [(unit.info, blocks_lib.as_grid(out).float().cpu())
@@ -203,8 +202,9 @@ class Lesion:
 
 
 @torch.no_grad()
+@runs_in_eval_mode
 def lesion_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128,
-                 device: str | torch.device | None = None, progress: bool = True) -> Lesion:
+                 device: str | torch.device | None = None, progress: bool = False) -> Lesion:
     """Remove one residual unit at a time and measure the test accuracy (Park & Kim Fig. 7).
 
     A lesioned unit passes its input through unchanged (``x + branch(x)`` becomes ``x``). For each
@@ -216,8 +216,7 @@ def lesion_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
     if len(y) == 0:
         raise ValueError("x holds no images")
-    device = torch.device(device or next(model.parameters()).device)
-    model.eval()
+    device = analysis_device(model, device)
     units = blocks_lib.blocks(model)
     infos = [u.info for u in units]
     lesionable = [i for i, u in enumerate(units) if u.residual]
@@ -233,7 +232,7 @@ def lesion_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
 
     batches = list(data.iterate_batches(x, y, batch_size))
     start = 0
-    for xb, yb in tqdm(batches, desc="lesions", disable=not progress, file=sys.stderr, dynamic_ncols=True):
+    for xb, yb in progress_bar(batches, desc="lesions", progress=progress):
         xb, yb = xb.to(device), yb.to(device)
         sl = slice(start, start + len(yb))
         _, outs = blocks_lib.run_blocks(units, xb, keep=True)

@@ -21,7 +21,6 @@ token's role, after Ghiasi et al. (2022).
 from __future__ import annotations
 
 import math
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -30,11 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..core import blocks as blocks_lib
 from ..core.blocks import as_grid
-from ..core.models import Classifier, PreActResNet, eval_mode
+from ..core.models import Classifier, PreActResNet
+from ..core.running import captured_outputs, eval_mode, progress_bar
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -95,18 +94,6 @@ def _spatial_mean(z: torch.Tensor) -> torch.Tensor:
     return as_grid(z).mean(dim=(2, 3))
 
 
-@contextmanager
-def _captured(model: nn.Module, units: dict[str, tuple[nn.Module, int]], names: set[str]) -> Iterator[dict]:
-    seen: dict[str, torch.Tensor] = {}
-    hooks = [units[name][0].register_forward_hook(lambda _m, _i, out, name=name: seen.__setitem__(name, out))
-             for name in names]
-    try:
-        yield seen
-    finally:
-        for h in hooks:
-            h.remove()
-
-
 def _run_through(model: nn.Module, names: set[str], x: torch.Tensor) -> None:
     """Run the units of ``model`` up to the last one named in ``names`` (the rest would not change
     what the hooks see, so the forward pass stops there)."""
@@ -124,7 +111,7 @@ def neuron_activations(model: nn.Module, neurons: Sequence[Neuron], x: torch.Ten
     ``spatial=True`` the maps ``(B, K, side, side)`` (patch-wise activations).
     """
     units = _check_neurons(model, neurons)
-    with _captured(model, units, {n.unit for n in neurons}) as seen:
+    with captured_outputs({n.unit: units[n.unit][0] for n in neurons}) as seen:
         _run_through(model, {n.unit for n in neurons}, x)
     cols = []
     for n in neurons:
@@ -227,7 +214,7 @@ def visualise(objective: Objective, n: int, shape: tuple[int, int, int], steps: 
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
     owner = torch.arange(n).repeat_interleave(copies)
     history = []
-    bar = tqdm(range(steps), desc="visualise", leave=False, disable=not progress, file=sys.stderr)
+    bar = progress_bar(range(steps), desc="visualise", progress=progress)
     for step in bar:
         progress_made = step / (steps - 1) if steps > 1 else 1.0  # noise reaches 0 at the last step
         batch = torch.cat([augment(x.repeat_interleave(copies, dim=0), progress_made, gen), x])
@@ -281,7 +268,7 @@ def neuron_spread(model: nn.Module, unit: str, x: torch.Tensor, batch_size: int 
     rows = []
     with eval_mode(model):
         for xb in x.split(batch_size):
-            with _captured(model, units, {unit}) as seen:
+            with captured_outputs({unit: units[unit][0]}) as seen:
                 _run_through(model, {unit}, xb)
             rows.append(_spatial_mean(seen[unit]))
     return torch.cat(rows).std(dim=0).numpy()
@@ -340,8 +327,7 @@ def position_probe(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor
         _, train_outs = blocks_lib.run_blocks(units, x_train, keep=True)
         _, test_outs = blocks_lib.run_blocks(units, x_test, keep=True)
     names, correct, chance = [], [], None
-    bar = tqdm(list(zip(units, train_outs, test_outs)), desc="position probe", leave=False,
-               disable=not progress, file=sys.stderr)
+    bar = progress_bar(list(zip(units, train_outs, test_outs)), desc="position probe", progress=progress)
     for unit, tr, te in bar:
         g_tr, g_te = as_grid(tr), as_grid(te)
         if unit.stage != units[-1].stage:  # PiT: probe the last stage's grid only, one class set
@@ -433,8 +419,7 @@ def isolated_cls(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
     rows = []
     with eval_mode(model):
         clean = correct()
-        for b in tqdm(range(len(model.net.blocks)), desc="CLS isolation", leave=False, disable=not progress,
-                      file=sys.stderr):
+        for b in progress_bar(range(len(model.net.blocks)), desc="CLS isolation", progress=progress):
             with cls_isolated(model, b):
                 rows.append(correct())
     return ClsIsolation(np.stack(rows), clean)

@@ -35,7 +35,6 @@ Conventions, stated once:
 from __future__ import annotations
 
 import math
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -43,9 +42,9 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
 
 from ..core.blocks import AboutUnit, UnitInfo, as_grid, blocks
+from ..core.running import analysis_device, check_positive_int, eval_mode, model_device, progress_bar
 
 #: Added to every amplitude before the log (Park & Kim's value), so that a frequency absent from a
 #: map gives a large negative but finite log amplitude.
@@ -286,21 +285,6 @@ class UnitProfile(AboutUnit):
         return int(self.spectrum.shape[-1])
 
 
-def check_positive_int(value: object, what: str) -> None:
-    """Raise ``ValueError`` unless ``value`` is a positive ``int`` (a size, a count)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where a model's parameters (or, failing those, buffers) live; the CPU for an empty model."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 @contextmanager
 def _spatial_units_on(model: nn.Module, x: Tensor, batch_size: int, device: str | torch.device | None
                       ) -> Iterator[tuple[list, torch.device]]:
@@ -313,19 +297,17 @@ def _spatial_units_on(model: nn.Module, x: Tensor, batch_size: int, device: str 
     _as_maps(x, "x")
     check_positive_int(batch_size, "batch_size")
     home = model_device(model)
-    target = home if device is None else torch.device(device)
-    was_training = model.training
+    target = analysis_device(model, device)
     try:
-        model.to(target).eval()
-        yield units, target
+        with eval_mode(model.to(target)):
+            yield units, target
     finally:
-        model.train(was_training)
         if device is not None:
             model.to(home)
 
 
 def unit_profiles(model: nn.Module, x: Tensor, batch_size: int = 128, device: str | torch.device | None = None,
-                  progress: bool = True) -> list[UnitProfile]:
+                  progress: bool = False) -> list[UnitProfile]:
     """Δ log amplitude profile of every unit of a zoo model, for Park & Kim's Figs. 2a and 8.
 
     Runs ``x`` (images in [0, 1], ``(N, C, H, W)``) through :func:`lib.core.blocks.blocks` in chunks of
@@ -347,7 +329,7 @@ def unit_profiles(model: nn.Module, x: Tensor, batch_size: int = 128, device: st
     with _spatial_units_on(model, x, batch_size, device) as (units, target), torch.no_grad():
         sums: list[Tensor | None] = [None] * (len(units) + 1)  # [input, unit 0, unit 1, ...]
         counts = [0] * (len(units) + 1)
-        for xb in tqdm(x.split(batch_size), desc="unit spectra", unit="batch", file=sys.stderr, disable=not progress):
+        for xb in progress_bar(x.split(batch_size), desc="unit spectra", unit="batch", progress=progress):
             h = xb.to(target)
             for i in range(len(units) + 1):
                 if i:  # accumulate as we go: no unit's output is kept longer than needed
@@ -384,7 +366,7 @@ def _high_per_image(maps: Tensor) -> Tensor:
 
 def high_frequency_changes(model: nn.Module, x: Tensor, batch_size: int = 128,
                            device: str | torch.device | None = None,
-                           progress: bool = True) -> tuple[list[UnitInfo], np.ndarray]:
+                           progress: bool = False) -> tuple[list[UnitInfo], np.ndarray]:
     """Every unit's high-frequency change, image by image: ``(units, changes[n_images, n_units])``.
 
     ``changes[i, j]`` is :func:`high_frequency_change` from unit ``j``'s input to its output,
@@ -407,8 +389,8 @@ def high_frequency_changes(model: nn.Module, x: Tensor, batch_size: int = 128,
     """
     with _spatial_units_on(model, x, batch_size, device) as (units, target), torch.no_grad():
         rows = []
-        for xb in tqdm(x.split(batch_size), desc="high-frequency changes", unit="batch", file=sys.stderr,
-                       disable=not progress):
+        for xb in progress_bar(x.split(batch_size), desc="high-frequency changes", unit="batch",
+                               progress=progress):
             h = xb.to(target)
             highs = [_high_per_image(_as_maps(h, "x"))]
             for u in units:

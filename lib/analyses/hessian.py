@@ -25,7 +25,6 @@ parameters take part. Vectors are flat, in ``model.parameters()`` order.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -33,9 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..core import data
+from ..core.running import eval_mode, progress_bar
 from .krylov import (Eigs, MatVec, extreme_eigenvalues, lanczos_eigs, power_iteration)
 
 METHODS = ("lanczos", "power")
@@ -104,8 +103,7 @@ class HessianOperator:
         self.dim = sum(self.sizes)
         self.device = self.params[0].device
         self.dtype = self.params[0].dtype
-        model.eval()
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             loss = F.cross_entropy(model(x.to(self.device)) / temperature, y.to(self.device))
             if l2 > 0:
                 loss = loss + 0.5 * l2 * sum((p * p).sum() for p in self.params)
@@ -263,7 +261,7 @@ def probe_batches(n_batches: int, batch_size: int, seed: int = 0, dataset: str =
 
 def batch_spectra(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], k: int = 5,
                   method: str = "lanczos", tol: float = 1e-3, max_iter: int = 100, l2: float = 0.0,
-                  seed: int = 0, progress: bool = True, desc: str = "batches",
+                  seed: int = 0, progress: bool = False, desc: str = "batches",
                   temperature: float = 1.0) -> BatchSpectra:
     """Top-``k`` Hessian eigenvalues (by magnitude) for each batch of ``batches``.
 
@@ -283,8 +281,7 @@ def batch_spectra(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
     _check_explicit_attention(model)
     solver = lanczos_eigs if method == "lanczos" else power_iteration
     values, losses, products, converged = [], [], [], []
-    for b, (xb, yb) in enumerate(tqdm(batches, desc=desc, disable=not progress, file=sys.stderr,
-                                      dynamic_ncols=True)):
+    for b, (xb, yb) in enumerate(progress_bar(batches, desc=desc, progress=progress)):
         op = HessianOperator(model, xb, yb, l2=l2, temperature=temperature)
         eigs = solver(op, op.dim, k=k, tol=tol, max_iter=max_iter, seed=seed + b, device=op.device)
         values.append(eigs.values)
@@ -332,7 +329,7 @@ class BatchExtremes:
 
 def batch_extremes(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], tol: float = 1e-3,
                    min_steps: int = 20, stable_steps: int = 5, max_iter: int = 300, l2: float = 0.0,
-                   seed: int = 0, progress: bool = True, desc: str = "batches",
+                   seed: int = 0, progress: bool = False, desc: str = "batches",
                    temperature: float = 1.0, k: int = 0) -> BatchExtremes:
     """Both ends of the Hessian spectrum of each batch (Park & Kim's loss: NLL + ``l2`` term).
 
@@ -348,8 +345,7 @@ def batch_extremes(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
         _check_batch(xb, yb, what=f"batch {b}")
     _check_explicit_attention(model)
     runs, losses = [], []
-    for b, (xb, yb) in enumerate(tqdm(batches, desc=desc, disable=not progress, file=sys.stderr,
-                                      dynamic_ncols=True)):
+    for b, (xb, yb) in enumerate(progress_bar(batches, desc=desc, progress=progress)):
         op = HessianOperator(model, xb, yb, l2=l2, temperature=temperature)
         runs.append(extreme_eigenvalues(op, op.dim, tol=tol, min_steps=min_steps, stable_steps=stable_steps,
                                         max_iter=max_iter, seed=seed + b, device=op.device, k=k))

@@ -18,13 +18,13 @@ Nothing here knows about models: :mod:`lib.analyses.hessian` builds the operator
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
+from ..core.running import progress_bar
 import torch
-from tqdm import tqdm
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 _REORTHOGONALISE = 1 / math.sqrt(2)  # DGKS threshold for a second Gram–Schmidt pass
@@ -419,7 +419,7 @@ def slq_density(op: MatVec, dim: int, n_vectors: int = 3, steps: int = 30, seed:
     gen = torch.Generator().manual_seed(seed)
     nodes = np.zeros((n_vectors, steps))
     weights = np.zeros((n_vectors, steps))
-    for i in tqdm(range(n_vectors), desc="SLQ probes", disable=not progress, file=sys.stderr):
+    for i in progress_bar(range(n_vectors), desc="SLQ probes", progress=progress):
         q = _random_unit(dim, gen, torch.device(device))
         a, b = _lanczos_tridiagonal(op, q, steps)
         t = np.diag(a) + np.diag(b, 1) + np.diag(b, -1)

@@ -21,7 +21,6 @@ move; directions are lists of tensors in ``model.parameters()`` order (trainable
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -29,9 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
+from tqdm import tqdm  # the type of the progress bar the point loops update
 
 from ..core import data
+from ..core.running import analysis_device, eval_mode, progress_bar
 from .directions import (trainable_parameters)
 
 
@@ -291,18 +291,16 @@ def _evaluate_grid(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction
         _check_direction(direction, named, f"direction {k + 1}")
 
     home = named[0][1].device
-    target = home if device is None else torch.device(device)
-    was_training = model.training
-    bar = tqdm(total=len(points), desc=desc, unit="point", file=sys.stderr, disable=not progress)
+    target = analysis_device(model, device)
+    bar = progress_bar(total=len(points), desc=desc, unit="point", progress=progress)
     try:
         if device is not None:
             model.to(target)
-        model.eval()
         names = [name for name, _ in named]
         params = [p for _, p in named]
         dirs = [[d.detach().to(target, p.dtype) for d, p in zip(direction, params)] for direction in directions]
         chunks = [(xb.to(target), yb.to(target)) for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             if points_per_pass > 1:
                 rows = _batched(model, names, params, dirs, chunks, points, points_per_pass, bar, temperature)
             else:
@@ -310,7 +308,6 @@ def _evaluate_grid(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction
         rows = rows.double().cpu().numpy()  # the one synchronisation with the device
     finally:
         bar.close()
-        model.train(was_training)
         if device is not None:
             model.to(home)
     n = len(y)
@@ -346,7 +343,7 @@ _SURFACE_ARGS = """
 
 def surface_1d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: Sequence[torch.Tensor],
                coords: Iterable[float], *, batch_size: int = 256, l2_coef: float = 0.05,
-               device: str | torch.device | None = None, progress: bool = True,
+               device: str | torch.device | None = None, progress: bool = False,
                points_per_pass: int = 1, temperature: float = 1.0) -> Surface:
     """The loss along one direction, ``L(w₀ + x·d)`` for ``x`` in ``coords`` (``ys`` is ``None``).
     """
@@ -358,7 +355,7 @@ def surface_1d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: Se
 
 def surface_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: Sequence[Sequence[torch.Tensor]],
                xs: Iterable[float], ys: Iterable[float], *, batch_size: int = 256, l2_coef: float = 0.05,
-               device: str | torch.device | None = None, progress: bool = True,
+               device: str | torch.device | None = None, progress: bool = False,
                points_per_pass: int = 1, temperature: float = 1.0) -> Surface:
     """The loss on a plane, ``L(w₀ + x·d₁ + y·d₂)`` for ``x`` in ``xs`` and ``y`` in ``ys``.
 

@@ -24,17 +24,16 @@ not depend on the device.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
 
-from .fourier import CHUNK, TOL, check_positive_int, model_device, radius
 from ..core.metrics import evaluate_per_image
+from ..core.running import check_positive_int, model_device, progress_bar
+from .fourier import CHUNK, TOL, radius
 
 #: Centres of the noise bands of Park & Kim's Fig. 2b, in units of π.
 BANDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -312,7 +311,7 @@ def _sweep(model: nn.Module, x: Tensor, y: Tensor, perturbed: list[Callable[[], 
     ``clean_nll``, ``acc``, ``nll`` and ``correct`` (per image, clean first) of the results."""
     acc, nll, correct = [], [], []
     with _Evaluator(model, y, batch_size, device) as run:
-        bar = tqdm(total=1 + len(perturbed), desc=desc, unit="eval", file=sys.stderr, disable=not progress)
+        bar = progress_bar(total=1 + len(perturbed), desc=desc, unit="eval", progress=progress)
         try:
             clean_acc, clean_nll, clean_correct = run(x)
             bar.update(1)
@@ -339,7 +338,7 @@ def _draw_whites(shape: tuple[int, ...], seed: int, draws: int) -> list[Tensor]:
 
 def noise_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, bands: Iterable[float] = BANDS,
                      width: float = 0.1, batch_size: int = 256, seed: int = 0,
-                     device: str | torch.device | None = None, progress: bool = True, *, draws: int = 1,
+                     device: str | torch.device | None = None, progress: bool = False, *, draws: int = 1,
                      kind: str = "sign") -> NoiseRobustness:
     """Accuracy of ``model`` on ``(x, y)`` with band-limited noise added, band by band.
 
@@ -405,7 +404,7 @@ class Calibration:
 def calibrate_eps(model: nn.Module, x: Tensor, y: Tensor, target_drop: float = 10.0,
                   bands: Iterable[float] = BANDS, width: float = 0.1, eps_max: float = 1.0, steps: int = 8,
                   batch_size: int = 256, seed: int = 0, device: str | torch.device | None = None,
-                  progress: bool = True, *, draws: int = 1, kind: str = "sign") -> Calibration:
+                  progress: bool = False, *, draws: int = 1, kind: str = "sign") -> Calibration:
     """One noise level for all models: the ε at which the worst band costs a reference model
     ``target_drop`` accuracy points.
 
@@ -441,7 +440,7 @@ def calibrate_eps(model: nn.Module, x: Tensor, y: Tensor, target_drop: float = 1
     unit = [[_unit_band(white, mask, kind) for white in whites] for mask in masks]
     history: list[tuple[float, float]] = []
     with _Evaluator(model, y, batch_size, device) as run:
-        bar = tqdm(total=2 + steps, desc="calibrate eps", unit="eps", file=sys.stderr, disable=not progress)
+        bar = progress_bar(total=2 + steps, desc="calibrate eps", unit="eps", progress=progress)
         try:
             clean_acc = run(x)[0]
             bar.update(1)
@@ -515,7 +514,7 @@ class LowPassSweep(_ChangeFromClean):
 
 def low_pass_sweep(model: nn.Module, x: Tensor, y: Tensor, cutoffs: Iterable[float] = CUTOFFS,
                    batch_size: int = 256, device: str | torch.device | None = None,
-                   progress: bool = True) -> LowPassSweep:
+                   progress: bool = False) -> LowPassSweep:
     """Accuracy of ``model`` on low-pass filtered images, cutoff by cutoff (Ghiasi et al. 2022).
 
     Each cutoff filters every image with :func:`low_pass` (no clamping) and evaluates with

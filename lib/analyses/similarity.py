@@ -27,19 +27,19 @@ turned into NaN.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import sys
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..core import blocks as blocks_lib
 from ..core.blocks import UnitInfo
+from ..core.running import analysis_device, eval_mode, progress_bar, runs_in_eval_mode
 
 MIN_BATCH = 4  # the unbiased HSIC divides by n(n − 3)
 DEGENERATE = 1e-9  # self-HSIC below this share of its scale: features constant across images
@@ -262,10 +262,6 @@ def _constant(self_hsic: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return self_hsic.mean(axis=0) <= DEGENERATE * np.maximum(scale.mean(axis=0), np.finfo(float).tiny)
 
 
-def _progress(iterable: Iterable, total: int, desc: str, progress: bool) -> Iterable:
-    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not progress, file=sys.stderr)
-
-
 def _batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < MIN_BATCH:
         raise ValueError(f"batch_size must be a whole number >= {MIN_BATCH}, got {batch_size!r}")
@@ -318,7 +314,7 @@ class CKAResult:
 
 def model_cka(model_a: nn.Module, x: torch.Tensor, model_b: nn.Module | None = None, batch_size: int = 256,
               include_head: bool = False, device: str | torch.device | None = None,
-              progress: bool = True) -> CKAResult:
+              progress: bool = False) -> CKAResult:
     """CKA between every pair of units of ``model_a`` (and ``model_b``, if given) on the images ``x``.
 
     One pass over ``x`` in batches of ``batch_size``: each batch runs the model(s) unit by unit and
@@ -332,7 +328,7 @@ def model_cka(model_a: nn.Module, x: torch.Tensor, model_b: nn.Module | None = N
 
 def models_cka(models: dict[str, nn.Module], x: torch.Tensor, pairs: Sequence[tuple[str, str]],
                batch_size: int = 256, include_head: bool = False, device: str | torch.device | None = None,
-               progress: bool = True) -> dict[tuple[str, str], CKAResult]:
+               progress: bool = False) -> dict[tuple[str, str], CKAResult]:
     """CKA for several pairs of models in one pass over ``x``: every model runs once per batch and
     every unit's Gram matrix is computed once, however many comparisons use it.
 
@@ -347,17 +343,17 @@ def models_cka(models: dict[str, nn.Module], x: torch.Tensor, pairs: Sequence[tu
                 raise ValueError(f"unknown model {name!r} in pairs; choose among {sorted(models)}")
     used = sorted({name for pair in pairs for name in pair}, key=list(models).index)
     first = models[used[0]]
-    device = torch.device(device or next(first.parameters()).device)
-    units = {}
-    for name in used:
-        models[name].eval()
-        units[name] = _units(models[name], include_head)
+    device = analysis_device(first, device)
+    units = {name: _units(models[name], include_head) for name in used}
     accs = {pair: HSICAccumulator() for pair in pairs}
     parts = _batches(x, batch_size)
-    for xb in _progress(parts, len(parts), "CKA", progress):
-        gram_stacks = {name: _unit_grams(models[name], units[name], xb, device) for name in used}
-        for (a, b), acc in accs.items():
-            acc.add_grams(gram_stacks[a], None if a == b else gram_stacks[b])
+    with contextlib.ExitStack() as modes:
+        for name in used:
+            modes.enter_context(eval_mode(models[name]))
+        for xb in progress_bar(parts, total=len(parts), desc="CKA", progress=progress):
+            gram_stacks = {name: _unit_grams(models[name], units[name], xb, device) for name in used}
+            for (a, b), acc in accs.items():
+                acc.add_grams(gram_stacks[a], None if a == b else gram_stacks[b])
     out = {}
     for (a, b), acc in accs.items():
         infos_a = tuple(u.info for u in units[a])
@@ -465,22 +461,22 @@ class SkipRatios:
 
 
 @torch.no_grad()
+@runs_in_eval_mode
 def skip_ratios(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
-                device: str | torch.device | None = None, progress: bool = True) -> SkipRatios:
+                device: str | torch.device | None = None, progress: bool = False) -> SkipRatios:
     """Skip-connection ratios of every residual unit of ``model`` on the images ``x``.
 
     Token models (``(B, N, D)`` between units) have their CLS token first (:mod:`lib.core.blocks`); the
     grid is the last ``side²`` tokens. Feature maps ``(B, C, H, W)`` have no CLS token.
     """
-    device = torch.device(device or next(model.parameters()).device)
-    model.eval()
+    device = analysis_device(model, device)
     units = blocks_lib.blocks(model)
     residual = [i for i, u in enumerate(units) if u.residual]
     if not residual:
         raise ValueError(f"{type(model).__name__} has no residual units")
     spatial, cls = [], []
     parts = _batches(x, batch_size)
-    for xb in _progress(parts, len(parts), "skip ratios", progress):
+    for xb in progress_bar(parts, total=len(parts), desc="skip ratios", progress=progress):
         z = xb.to(device)
         s_rows, c_rows = [], []
         for i, unit in enumerate(units):
@@ -563,9 +559,10 @@ def localisation_score(cka: np.ndarray, valid: np.ndarray) -> float:
 
 
 @torch.no_grad()
+@runs_in_eval_mode
 def localisation(model: nn.Module, x: torch.Tensor, unit_indices: Sequence[int] | None = None,
                  batch_size: int = 256, device: str | torch.device | None = None,
-                 progress: bool = True) -> list[Localisation]:
+                 progress: bool = False) -> list[Localisation]:
     """Spatial localisation of the units ``unit_indices`` of ``model`` (default: every unit with a
     spatial grid, i.e. all but the head) on the images ``x``.
 
@@ -575,8 +572,7 @@ def localisation(model: nn.Module, x: torch.Tensor, unit_indices: Sequence[int] 
     positions whose features are constant, are masked (``Localisation.valid``). Units on a fine grid
     cost ``side⁴`` HSIC pairs: pick them on purpose (a 28×28 grid is 614,656 pairs per batch).
     """
-    device = torch.device(device or next(model.parameters()).device)
-    model.eval()
+    device = analysis_device(model, device)
     units = blocks_lib.blocks(model)
     spatial = [i for i, u in enumerate(units) if u.kind != "head"]
     chosen = spatial if unit_indices is None else [spatial[i] if i < 0 else i for i in unit_indices]
@@ -587,7 +583,7 @@ def localisation(model: nn.Module, x: torch.Tensor, unit_indices: Sequence[int] 
     sides: dict[int, int] = {}
     parts = _batches(x, batch_size)
     last = max(chosen)
-    for xb in _progress(parts, len(parts), "localisation", progress):
+    for xb in progress_bar(parts, total=len(parts), desc="localisation", progress=progress):
         patch_grams: dict[int, torch.Tensor] = {}  # per grid side, computed once per batch
         z = xb.to(device)
         for i, unit in enumerate(units[:last + 1]):

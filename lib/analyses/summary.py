@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..core import blocks as B
 from ..core.models import count_parameters
+from ..core.running import eval_mode
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -17,21 +18,18 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     Counted by PyTorch's ``FlopCounterMode`` over matrix multiplications and convolutions, where a
     multiply-add counts as 2 FLOPs; element-wise work (norms, activations, softmax) is not counted.
     """
-    was_training = model.training
     params = list(model.parameters())
     needs_grad = [p.requires_grad for p in params]
-    model.eval()
     # The counter hooks every module output that requires grad; a parameter passed through as
     # an output (PiT's CLS token) would trip it, so count with gradients off entirely.
     for p in params:
         p.requires_grad_(False)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
             model(torch.zeros(1, *input_shape, device=params[0].device))
     finally:
         for p, flag in zip(params, needs_grad):
             p.requires_grad_(flag)
-        model.train(was_training)
     return int(counter.get_total_flops())
 
 

@@ -4,5 +4,6 @@
 * :mod:`~lib.core.datafiles`, :mod:`~lib.core.data`: Fashion-MNIST (and a synthetic stand-in) as tensors;
 * :mod:`~lib.core.models`: the zoo architectures (timm parts) and ``build``;
 * :mod:`~lib.core.blocks`: a model as its residual units, recomposing ``model(x)`` exactly;
-* :mod:`~lib.core.metrics`: accuracy, NLL and calibration of a model on a set of images.
+* :mod:`~lib.core.metrics`: accuracy, NLL and calibration of a model on a set of images;
+* :mod:`~lib.core.running`: one way to run a model for an analysis (device, mode, progress, hooks, checks).
 """

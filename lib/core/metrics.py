@@ -18,11 +18,13 @@ from scipy import optimize
 from torch import nn
 
 from . import data
+from .running import analysis_device, eval_mode
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128,
-             device: str | torch.device = "cpu") -> dict[str, float]:
-    """Accuracy (%) and mean NLL (no label smoothing) of ``model`` in eval mode.
+             device: str | torch.device | None = None) -> dict[str, float]:
+    """Accuracy (%) and mean NLL (no label smoothing) of ``model`` in eval mode, on the model's
+    own device unless ``device`` names another (the rules of :mod:`lib.core.running`).
 
     Small batches are faster on a CPU: large ones spend their time allocating activations.
     """
@@ -32,23 +34,21 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 @torch.no_grad()
 def evaluate_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128,
-                       device: str | torch.device = "cpu") -> dict:
+                       device: str | torch.device | None = None) -> dict:
     """:func:`evaluate` plus ``"correct"``: a float64 array, 1.0 where an image is classified right.
 
     Per-image outcomes are what a paired comparison of two models (or of clean and perturbed
     images) needs: the same images on both sides. ``acc`` is ``100 * correct.mean()`` exactly.
     """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
+    device = analysis_device(model, device)
     nll, hits = 0.0, []
-    for xb, yb in data.iterate_batches(x, y, batch_size):
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(xb)
-        nll += F.cross_entropy(logits.float(), yb, reduction="sum").item()
-        hits.append((logits.argmax(1) == yb).cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for xb, yb in data.iterate_batches(x, y, batch_size):
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(xb)
+            nll += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+            hits.append((logits.argmax(1) == yb).cpu())
     correct = torch.cat(hits).double().numpy() if hits else np.zeros(0)
     return {"acc": 100.0 * int(correct.sum()) / len(y), "nll": nll / len(y), "correct": correct}
 
@@ -62,14 +62,11 @@ _LOG_T_RANGE = (math.log(1e-2), math.log(1e3))  # temperatures searched, 0.01 to
 
 @torch.no_grad()
 def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 128,
-              device: str | torch.device = "cpu") -> torch.Tensor:
+              device: str | torch.device | None = None) -> torch.Tensor:
     """The model's logits on ``x`` in eval mode, float32 on the CPU (the model's mode restored)."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    out = [model(xb.to(device)).float().cpu() for xb in x.split(batch_size)]
-    model.train(was_training)
-    return torch.cat(out)
+    device = analysis_device(model, device)
+    with eval_mode(model):
+        return torch.cat([model(xb.to(device)).float().cpu() for xb in x.split(batch_size)])
 
 
 def nll_at_temperature(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:

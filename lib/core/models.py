@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -349,18 +348,6 @@ def build(name: str, in_chans: int = 1, num_classes: int = 10, img_size: int = 2
     model.build_kwargs = dict(in_chans=in_chans, num_classes=num_classes, img_size=img_size, mean=mean,
                               std=std, drop_path_rate=drop_path_rate, layout=layout)
     return set_fused_attn(model, False)
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode inside the block, its own train/eval mode restored on leaving (even
-    after an error): analyses must not leave a model in a mode its caller did not choose."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def count_parameters(model: nn.Module) -> int:

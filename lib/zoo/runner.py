@@ -254,7 +254,7 @@ def run(work: list[tuple[Entry, Recipe]], folder: str | os.PathLike = catalog.ST
     except KeyboardInterrupt:
         _stop(running)
         echo(f"stopped: {len(running)} training(s) interrupted" + (
-            f" ({', '.join(s.entry.key for s in running.values())}); their resume states keep every finished epoch"
+            f" ({', '.join(s.entry.key for s in running.values())}); their resume states keep every finished step"
             if running else "") + ". Run the same command again to continue.")
         return 130
     finally:
