@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..core.running import check_positive_int
+
 
 
 #: How a random direction is rescaled to the weights (see :func:`normalize_direction`).
@@ -89,8 +91,7 @@ def random_directions(model: nn.Module, n: int = 2, normalization: str = "filter
         ValueError: unknown ``normalization``, ``n < 1`` or a model without trainable parameters.
     """
     _check_normalization(normalization)
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_positive_int(n, "n")
     ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
     params = trainable_parameters(model)
     if not params:

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm  # the type of the progress bar the point loops update
 
 from ..core import data
-from ..core.running import analysis_device, eval_mode, progress_bar
+from ..core.running import analysis_device, check_positive_int, eval_mode, progress_bar
 from .directions import (trainable_parameters)
 
 
@@ -67,8 +67,7 @@ def landscape_data(dataset: str = "fashion-mnist", n: int = 1024, seed: int = 0,
     Raises:
         ValueError: ``n`` is not a positive integer or is larger than a class allows.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_positive_int(n, "n")
     x, y = data.load(dataset, train=True, root=root)
     if n > len(y):
         raise ValueError(f"n={n} is more than the {len(y)} training images of {dataset!r}")
@@ -276,10 +275,8 @@ def _evaluate_grid(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction
                    progress: bool, points_per_pass: int, desc: str, temperature: float = 1.0
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """NLL, accuracy (%) and weight term at ``w₀ + Σ_k points[j, k]·directions[k]`` for every row j."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(points_per_pass, int) or points_per_pass < 1:
-        raise ValueError(f"points_per_pass must be a positive integer, got {points_per_pass!r}")
+    check_positive_int(batch_size, "batch_size")
+    check_positive_int(points_per_pass, "points_per_pass")
     if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if len(x) != len(y) or len(y) == 0:

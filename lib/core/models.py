@@ -38,6 +38,8 @@ from timm.models.resnetv2 import DownsampleConv, PreActBasic
 from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse
 from timm.models.vision_transformer import VisionTransformer
 
+from .running import check_positive_int
+
 MODELS: tuple[str, ...] = ("resnet", "vit", "vit_local3", "vit_local5", "alternet", "pit")
 
 RESNET_LAYOUT = "CC,CC,CC"
@@ -328,8 +330,7 @@ def build(name: str, in_chans: int = 1, num_classes: int = 10, img_size: int = 2
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     layout = layout_override(name, layout)
     for arg, value in (("in_chans", in_chans), ("num_classes", num_classes), ("img_size", img_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+        check_positive_int(value, arg)
     mean = [0.5] * in_chans if mean is None else list(mean)
     std = [0.25] * in_chans if std is None else list(std)
     if len(mean) != in_chans or len(std) != in_chans:

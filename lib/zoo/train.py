@@ -54,6 +54,7 @@ from . import catalog, runstate
 
 from ..core import data, models
 from ..core.metrics import evaluate
+from ..core.running import check_positive_int
 from ..core.io import atomic_torch_save, half_state_dict, load_half_state_dict
 from .recipe import (CONVERGENCE_EPOCHS, FULL_RECIPE, RECIPE_TYPES, Recipe, add_recipe_arguments, fraction,
                      lr_factor, param_groups, recipe_from_args, zoo_recipe)
@@ -161,8 +162,7 @@ def train(model_name: str, dataset: str = "fashion-mnist", subset: float | None 
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(data.DATASETS)}")
     if status not in (None, "final", "provisional"):
         raise ValueError(f"status must be 'final' or 'provisional', got {status!r}")
-    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
-        raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
+    check_positive_int(eval_every, "eval_every")
     if resume and out is None:
         raise ValueError("resume=True needs the out path whose resume state to continue from")
     if out is not None and Path(out).is_dir():
