@@ -1,7 +1,7 @@
 """Benchmark: minibatch linear CKA with lib.analyses.similarity vs the torch-cka package.
 
 Both tools get the same two models (the zoo ViT and ResNet, eval mode), the same units (every
-residual unit of :func:`lib.core.blocks.blocks` but the head; torch-cka hooks them by name on an
+residual unit of :func:`lib.core.residual.units` but the head; torch-cka hooks them by name on an
 ``nn.Sequential`` of the same unit modules), the same test images in the same batches, and the same
 estimator (the unbiased HSIC of Song et al. averaged over batches, Nguyen et al. 2021). The
 difference is the implementation: torch-cka computes every Gram matrix once per *pair* of units,
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.core import blocks, data  # noqa: E402
+from lib.core import data, residual  # noqa: E402
 from lib.zoo import checkpoints  # noqa: E402
 from lib.analyses import similarity  # noqa: E402
 
@@ -44,8 +44,8 @@ MODELS, IMAGES, BATCH, SEED = ("vit", "resnet"), 2560, 256, 0
 
 def as_sequential(model: nn.Module) -> tuple[nn.Sequential, list[str]]:
     """The model's units (head left out) as an ``nn.Sequential`` whose children torch-cka can hook
-    by name; calling it runs the units in order, exactly as :func:`blocks.run_blocks` does."""
-    units = [u.module for u in blocks.blocks(model) if u.kind != "head"]
+    by name; calling it runs the units in order, exactly as :func:`residual.run_units` does."""
+    units = [u.module for u in residual.units(model) if u.kind != "head"]
     return nn.Sequential(*units).eval(), [str(i) for i in range(len(units))]
 
 

@@ -59,7 +59,7 @@ def _setup(name: str, channels_last: bool, compile: bool):
     torch.manual_seed(0)
     model = models.build(name, in_chans=1, num_classes=10, img_size=28, mean=[0.286], std=[0.353],
                          drop_path_rate=FULL_RECIPE.drop_path)
-    models.set_fused_attn(model, True)
+    models.use_fused_attention(model, True)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, FULL_RECIPE.weight_decay), lr=FULL_RECIPE.lr)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lib.core import blocks, models
+from lib.core import models, residual
 from lib.analyses import alternet
 
 
@@ -96,7 +96,7 @@ def test_from_resnet_is_the_resnet_without_the_replaced_branches():
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         h = x
-        for unit in blocks.blocks(resnet):
+        for unit in residual.units(resnet):
             if unit.name in ("stage2.1.conv", "stage3.1.conv"):
                 assert unit.residual  # an identity shortcut: removing the branch = skipping the unit
                 continue

@@ -1,22 +1,17 @@
 """lib.analyses.attention: attention maps, distances and ring strength against brute-force and hand-made
-answers, rollout against hand products, head masking against zeroed output-projection weights,
-head importance and the gradient proxy against independent forward passes and autograd, pruning,
-k-means and the pattern vocabulary."""
+answers, rollout against hand products, the units' geometry and the statistics per image."""
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lib.core import blocks, models
+from lib.core import models, residual
 from lib.analyses import attention
-from lib.core.blocks import UnitInfo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,48 +19,8 @@ ATTENTION_MODELS = ("vit", "vit_local3", "vit_local5", "pit", "alternet")
 UNIFORM_7x7_PX4 = 14.437861767102046  # the mean distance of two uniform positions on 7x7 patches of 4 px
 
 
-# --- helpers -------------------------------------------------------------------------------------
-
-def build(name: str, seed: int = 0) -> models.Classifier:
-    torch.manual_seed(seed)
-    return models.build(name).eval()
-
-
-def images(n: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
-
-
-def labels(n: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(10, (n,), generator=torch.Generator().manual_seed(seed))
-
-
-def hand_maps(probs: torch.Tensor, cls: bool = True, windowed: bool = False, pixels: int = 4,
-              name: str = "hand") -> attention.AttentionMaps:
-    info = UnitInfo(0, name, "msa", 0, 0.0, True)
-    unit = attention.AttentionUnit(info, nn.Identity(), probs.shape[2], pixels, cls=cls, windowed=windowed)
-    return attention.AttentionMaps(unit, probs)
-
-
-def random_rows(*shape: int, seed: int = 0) -> torch.Tensor:
-    """Random distributions along the last axis (float64)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64).mul(2).softmax(dim=-1)
-
-
 def fused_flags(model: nn.Module) -> list[bool]:
     return [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
-
-
-def zero_head_columns(model: nn.Module, unit: int, head: int) -> None:
-    """Zero the output-projection input columns that head ``head`` of attention unit ``unit`` feeds."""
-    u = attention.attention_units(model)[unit]
-    hd = u.module.proj.weight.shape[1] // u.heads
-    with torch.no_grad():
-        u.module.proj.weight[:, head * hd:(head + 1) * hd] = 0
-
-
-def param_name(model: nn.Module, module: nn.Module) -> str:
-    return next(name for name, m in model.named_modules() if m is module)
 
 
 # --- 1. uniform distance -------------------------------------------------------------------------
@@ -103,7 +58,7 @@ def test_uniform_distance_rejects_even_or_non_positive_windows(window):
 
 
 @pytest.mark.parametrize("window", [3, 5])
-def test_uniform_attention_inside_the_local_mask_gives_the_windowed_uniform_distance(window):
+def test_uniform_attention_inside_the_local_mask_gives_the_windowed_uniform_distance(window, hand_maps):
     """Patch queries spreading evenly over their allowed keys (neighbourhood_mask): uniform_distance(window=k)."""
     allowed = models.neighbourhood_mask(7, window).double()
     probs = (allowed / allowed.sum(-1, keepdim=True)).expand(1, 1, 2, 50, 50).clone()
@@ -114,7 +69,7 @@ def test_uniform_attention_inside_the_local_mask_gives_the_windowed_uniform_dist
 
 # --- 2. uniform attention ------------------------------------------------------------------------
 
-def test_uniform_attention_distance_cls_mass_and_flat_rings():
+def test_uniform_attention_distance_cls_mass_and_flat_rings(hand_maps):
     """Uniform attention over CLS + 49 patches: uniform distance per head, CLS mass 1/50, rings at 1/49."""
     b, h = 2, 3
     maps = hand_maps(torch.full((b, 1, h, 50, 50), 1 / 50, dtype=torch.float64))
@@ -147,7 +102,7 @@ def one_hot_probs() -> torch.Tensor:
     return p
 
 
-def test_one_hot_attention_at_known_offsets():
+def test_one_hot_attention_at_known_offsets(hand_maps):
     """Every patch query attending to one patch at a known offset (or itself): exact mean distance and rings."""
     maps = hand_maps(one_hot_probs())
     dist, cls_mass = attention.mean_distance(maps)
@@ -172,7 +127,7 @@ def test_one_hot_attention_at_known_offsets():
 
 
 @pytest.mark.parametrize("pixels", [1, 2, 8])
-def test_mean_distance_scales_with_the_unit_pixels(pixels):
+def test_mean_distance_scales_with_the_unit_pixels(pixels, hand_maps):
     """The same attention on tokens of p pixels gives p/4 times the distance on 4-pixel tokens."""
     at4, _ = attention.mean_distance(hand_maps(one_hot_probs(), pixels=4))
     atp, _ = attention.mean_distance(hand_maps(one_hot_probs(), pixels=pixels))
@@ -180,13 +135,13 @@ def test_mean_distance_scales_with_the_unit_pixels(pixels):
     assert atp[0, 0] == pytest.approx(30 * pixels * math.sqrt(5) / 49, abs=1e-12)
 
 
-def test_one_hot_far_corner_offset_value():
+def test_one_hot_far_corner_offset_value(hand_maps):
     """Offset (-6, -6) exists only for the bottom-right query: mean distance 4·6√2/49."""
     dist, _ = attention.mean_distance(hand_maps(one_hot_probs()))
     assert dist[1, 2] == pytest.approx(4 * 6 * math.sqrt(2) / 49, abs=1e-12)
 
 
-def test_query_attending_only_to_cls_raises():
+def test_query_attending_only_to_cls_raises(hand_maps):
     """A patch query with all its mass on CLS has no patch distance: patch_attention raises ValueError."""
     p = one_hot_probs()
     p[1, 0, 2, 17, :] = 0.0
@@ -200,7 +155,7 @@ def test_query_attending_only_to_cls_raises():
 # --- 4. CLS handling -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("varying", [False, True])
-def test_cls_mass_is_set_apart_and_rows_renormalised(varying):
+def test_cls_mass_is_set_apart_and_rows_renormalised(varying, hand_maps, random_rows):
     """Patch queries giving mass m to CLS and (1 - m)·d to patches: distance as for d alone, cls_mass = mean m."""
     b, h = 2, 3
     d = random_rows(b, 1, h, 49, 49, seed=3)
@@ -230,7 +185,7 @@ def test_cls_mass_is_set_apart_and_rows_renormalised(varying):
 
 # --- 5. rollout ----------------------------------------------------------------------------------
 
-def test_rollout_of_identity_attention_is_identity():
+def test_rollout_of_identity_attention_is_identity(hand_maps):
     """Identity attention in every head of every unit rolls out to the identity."""
     eye = torch.eye(50, dtype=torch.float64).expand(2, 1, 4, 50, 50).clone()
     r = attention.rollout([hand_maps(eye), hand_maps(eye), hand_maps(eye)])
@@ -238,7 +193,7 @@ def test_rollout_of_identity_attention_is_identity():
     torch.testing.assert_close(r, torch.eye(50, dtype=torch.float64).expand(2, 50, 50), rtol=0, atol=1e-15)
 
 
-def test_rollout_of_two_units_is_the_hand_product():
+def test_rollout_of_two_units_is_the_hand_product(hand_maps, random_rows):
     """Two units: rollout = M2 @ M1 with M = (mean over heads A + I) / 2 (later unit on the left)."""
     a1, a2 = random_rows(2, 1, 3, 10, 10, seed=1), random_rows(2, 1, 3, 10, 10, seed=2)
     eye = torch.eye(10, dtype=torch.float64)
@@ -255,11 +210,11 @@ def test_rollout_of_two_units_is_the_hand_product():
     torch.testing.assert_close(cls, expected[:, 0, 1:].reshape(2, 3, 3))
 
 
-def test_rollout_refuses_windows_and_changing_sequences():
+def test_rollout_refuses_windows_and_changing_sequences(seeded_model, random_images, hand_maps):
     """rollout raises ValueError on windowed units (AlterNet), pooled sequences (PiT) and no maps."""
-    x = images(2)
+    x = random_images(2)
     for name in ("alternet", "pit"):
-        maps, _ = attention.attention_maps(build(name), x)
+        maps, _ = attention.attention_maps(seeded_model(name), x)
         with pytest.raises(ValueError, match="global attention over one token sequence"):
             attention.rollout(maps)
     eye = torch.eye(49, dtype=torch.float64).expand(1, 1, 2, 49, 49).clone()
@@ -284,10 +239,10 @@ EXPECTED_SHAPES = {
 
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("name", ATTENTION_MODELS)
-def test_attention_maps_logits_shapes_rows_and_restored_switch(name, fused):
+def test_attention_maps_logits_shapes_rows_and_restored_switch(name, fused, seeded_model, random_images):
     """attention_maps: logits equal model(x) on either path, switch and outputs unchanged, rows sum to 1, shapes."""
-    model = models.set_fused_attn(build(name), fused)
-    x = images(3)
+    model = models.use_fused_attention(seeded_model(name), fused)
+    x = random_images(3)
     with torch.no_grad():
         before = model(x)
     maps, logits = attention.attention_maps(model, x)
@@ -305,22 +260,22 @@ def test_attention_maps_logits_shapes_rows_and_restored_switch(name, fused):
     assert [m.name for m in maps] == [u.name for u in attention.attention_units(model)]
 
 
-def test_attention_maps_restores_training_mode():
+def test_attention_maps_restores_training_mode(seeded_model, random_images):
     """A model in training mode is back in training mode after attention_maps (eval inside)."""
-    model = build("vit").train()
-    attention.attention_maps(model, images(2))
+    model = seeded_model("vit").train()
+    attention.attention_maps(model, random_images(2))
     assert model.training
     model.eval()
-    attention.attention_maps(model, images(2))
+    attention.attention_maps(model, random_images(2))
     assert not model.training
 
 
-def test_vit_first_unit_maps_are_the_softmax_of_its_queries_and_keys():
+def test_vit_first_unit_maps_are_the_softmax_of_its_queries_and_keys(seeded_model, random_images):
     """vit block0: captured probs equal softmax(q kᵀ · scale) recomputed from the embedding by hand."""
-    model = build("vit")
-    x = images(2)
+    model = seeded_model("vit")
+    x = random_images(2)
     maps, _ = attention.attention_maps(model, x)
-    units = blocks.blocks(model)
+    units = residual.units(model)
     with torch.no_grad():
         tokens = units[0](x)
         attn = model.net.blocks[0].attn
@@ -331,16 +286,16 @@ def test_vit_first_unit_maps_are_the_softmax_of_its_queries_and_keys():
     torch.testing.assert_close(maps[0].probs[:, 0], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_alternet_window_maps_follow_the_window_order():
+def test_alternet_window_maps_follow_the_window_order(seeded_model, random_images):
     """alternet stage2: window w = 2·(row block) + (column block) of the 14x14 map, recomputed by hand."""
-    model = build("alternet")
-    x = images(2)
+    model = seeded_model("alternet")
+    x = random_images(2)
     maps, _ = attention.attention_maps(model, x)
-    all_units = blocks.blocks(model)
+    all_units = residual.units(model)
     unit = attention.attention_units(model)[0]
     block = all_units[unit.index].module.block
     with torch.no_grad():
-        stream = blocks.run_blocks(all_units[:unit.index], x)
+        stream = residual.run_units(all_units[:unit.index], x)
         y = block.down(block.norm(stream))  # (2, C, 14, 14)
         assert y.shape[-2:] == (14, 14)
         wa = block.attn
@@ -358,10 +313,10 @@ def test_alternet_window_maps_follow_the_window_order():
 
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("name,window", [("vit_local3", 3), ("vit_local5", 5)])
-def test_local_vits_attend_only_inside_their_neighbourhood(name, window, fused):
+def test_local_vits_attend_only_inside_their_neighbourhood(name, window, fused, seeded_model, random_images):
     """Patch queries of the local ViTs give exactly 0 to keys outside k x k and to CLS; the CLS query sees all."""
-    model = models.set_fused_attn(build(name), fused)
-    maps, _ = attention.attention_maps(model, images(2))
+    model = models.use_fused_attention(seeded_model(name), fused)
+    maps, _ = attention.attention_maps(model, random_images(2))
     allowed = models.neighbourhood_mask(7, window)
     for m in maps:
         outside = m.probs[..., ~allowed]
@@ -377,338 +332,18 @@ def test_local_vits_attend_only_inside_their_neighbourhood(name, window, fused):
     assert all(f is fused for f in fused_flags(model))
 
 
-# --- 8. head masking -----------------------------------------------------------------------------
-
-@pytest.mark.parametrize("fused", [True, False])
-def test_masking_a_head_with_zero_projection_changes_nothing(fused):
-    """A head whose proj columns are zero: masking it leaves the logits; masking another changes them."""
-    model = build("vit")
-    zero_head_columns(model, 2, 5)
-    models.set_fused_attn(model, fused)
-    x = images(4)
-    with torch.no_grad():
-        clean = model(x)
-        with attention.masked_heads(model, [(2, 5)]):
-            masked = model(x)
-        with attention.masked_heads(model, [(2, 4)]):
-            other = model(x)
-        again = model(x)
-    torch.testing.assert_close(masked, clean, rtol=0, atol=1e-6)
-    assert (other - clean).abs().max() > 1e-4
-    assert torch.equal(again, clean)
-    for u in attention.attention_units(model):
-        assert len(u.module.proj._forward_pre_hooks) == 0
-
-
-def test_masked_heads_removes_hooks_after_an_error():
-    """The hooks go even when the body raises."""
-    model = build("vit")
-    with pytest.raises(RuntimeError, match="boom"):
-        with attention.masked_heads(model, [(0, 0), (3, 7)]):
-            raise RuntimeError("boom")
-    assert all(len(u.module.proj._forward_pre_hooks) == 0 for u in attention.attention_units(model))
-
-
-@pytest.mark.parametrize("heads,match", [
-    ([(6, 0)], r"units 0\.\.5"),
-    ([(-1, 0)], r"units 0\.\.5"),
-    ([(0, 8)], r"heads 0\.\.7, got head 8"),
-    ([(1, -1)], r"heads 0\.\.7"),
-])
-def test_masked_heads_rejects_bad_units_and_heads(heads, match):
-    """Invalid unit or head: ValueError naming the valid range."""
-    model = build("vit")
-    with pytest.raises(ValueError, match=match):
-        with attention.masked_heads(model, heads):
-            pass
-
-
-@pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("unit,heads", [(0, [3]), (0, [0, 7]), (1, [15]), (1, [2, 9, 10])])
-def test_masking_equals_zeroing_projection_columns_in_alternet(unit, heads, fused):
-    """AlterNet's windowed units: masked_heads gives the logits of a copy with those proj columns zeroed."""
-    model = models.set_fused_attn(build("alternet"), fused)
-    zeroed = copy.deepcopy(model)
-    for h in heads:
-        zero_head_columns(zeroed, unit, h)
-    x = images(2)
-    with torch.no_grad():
-        with attention.masked_heads(model, [(unit, h) for h in heads]):
-            masked = model(x)
-        expected = zeroed(x)
-        clean = model(x)
-    torch.testing.assert_close(masked, expected, rtol=0, atol=1e-5)
-    assert (masked - clean).abs().max() > 1e-5
-
-
-# --- 9. head importance --------------------------------------------------------------------------
-
-def test_head_importance_matches_independent_masked_forward_passes():
-    """loss_rise and correct_drop equal per-image CE / correctness with proj columns zeroed minus clean."""
-    model = build("vit")
-    zero_head_columns(model, 3, 5)
-    x, y = images(6), labels(6)
-    hi = attention.head_importance(model, x, y, batch_size=4)
-    assert hi.n_images == 6
-    assert hi.matrix().shape == hi.matrix("accuracy").shape == hi.se().shape == (6, 8)
-    assert [a.shape for a in hi.loss_rise] == [(6, 8)] * 6
-    assert hi.per_image().shape == (6, 48) and hi.heads()[9] == (1, 1)
-    with torch.no_grad():
-        clean = model(x)
-    np.testing.assert_allclose(hi.clean_loss, F.cross_entropy(clean, y, reduction="none").numpy(), atol=1e-5)
-    np.testing.assert_array_equal(hi.clean_correct, (clean.argmax(1) == y).double().numpy())
-    for u, h in [(0, 0), (2, 6), (5, 3)]:
-        zeroed = copy.deepcopy(model)
-        zero_head_columns(zeroed, u, h)
-        with torch.no_grad():
-            masked = zeroed(x)
-        rise = F.cross_entropy(masked, y, reduction="none") - F.cross_entropy(clean, y, reduction="none")
-        np.testing.assert_allclose(hi.loss_rise[u][:, h], rise.numpy(), atol=1e-5)
-        drop = (clean.argmax(1) == y).double() - (masked.argmax(1) == y).double()
-        np.testing.assert_array_equal(hi.correct_drop[u][:, h], drop.numpy())
-        assert np.abs(hi.loss_rise[u][:, h]).max() > 1e-6
-    for arr in hi.correct_drop:
-        assert set(np.unique(arr)) <= {-1.0, 0.0, 1.0}
-    np.testing.assert_allclose(hi.loss_rise[3][:, 5], 0.0, atol=1e-6)
-    np.testing.assert_array_equal(hi.correct_drop[3][:, 5], 0.0)
-    np.testing.assert_allclose(hi.matrix(), np.stack([a.mean(0) for a in hi.loss_rise]), rtol=1e-12)
-    with pytest.raises(ValueError, match="same number of images"):
-        attention.head_importance(model, x, y[:5])
-    with pytest.raises(ValueError, match="'loss' or 'accuracy'"):
-        hi.matrix("bogus")
-
-
-def test_head_importance_on_alternet_has_one_array_per_unit():
-    """AlterNet (8 and 16 heads): per-unit arrays, matrix refuses mixed head counts."""
-    model = build("alternet")
-    x, y = images(2), labels(2)
-    hi = attention.head_importance(model, x, y)
-    assert [a.shape for a in hi.loss_rise] == [(2, 8), (2, 16)]
-    with pytest.raises(ValueError, match="different numbers of heads"):
-        hi.matrix()
-    with torch.no_grad():
-        clean = F.cross_entropy(model(x), y, reduction="none")
-        with attention.masked_heads(model, [(1, 11)]):
-            masked = F.cross_entropy(model(x), y, reduction="none")
-    np.testing.assert_allclose(hi.loss_rise[1][:, 11], (masked - clean).numpy(), atol=1e-5)
-
-
-# --- 10. gradient importance ---------------------------------------------------------------------
-
-def scaled_weight_gradient(model: nn.Module, unit: int, head: int, x: torch.Tensor, y: torch.Tensor) -> float:
-    """dL/dξ at ξ = 1 where proj.weight[:, head columns] is scaled by ξ (one image's cross-entropy)."""
-    u = attention.attention_units(model)[unit]
-    proj = u.module.proj
-    hd = proj.weight.shape[1] // u.heads
-    xi = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
-    scale = torch.ones(proj.weight.shape[1], dtype=torch.float64)
-    sel = torch.zeros(proj.weight.shape[1], dtype=torch.float64)
-    sel[head * hd:(head + 1) * hd] = 1
-    w = proj.weight.detach() * (scale + (xi - 1) * sel).float()
-    logits = torch.func.functional_call(model, {param_name(model, proj) + ".weight": w}, (x,))
-    loss = F.cross_entropy(logits, y)
-    (g,) = torch.autograd.grad(loss, xi)
-    return float(g)
-
-
-@pytest.mark.parametrize("name,cases", [("vit", [(0, 1), (3, 6), (5, 0)]), ("alternet", [(0, 2), (1, 13)])])
-def test_gradient_importance_matches_autograd_on_scaled_projection(name, cases):
-    """|∂L/∂ξ| per image equals autograd through proj columns scaled by ξ; shapes (n, heads)."""
-    model = build(name)
-    zero_head_columns(model, 1, 4)
-    x, y = images(2, seed=5), labels(2, seed=5)
-    grads = attention.gradient_importance(model, x, y, batch_size=1)
-    units = attention.attention_units(model)
-    assert [g.shape for g in grads] == [(2, u.heads) for u in units]
-    for u, h in cases:
-        for i in range(2):
-            expected = abs(scaled_weight_gradient(model, u, h, x[i:i + 1], y[i:i + 1]))
-            assert grads[u][i, h] == pytest.approx(expected, rel=1e-4, abs=1e-8), (u, h, i)
-            assert expected > 1e-6
-    np.testing.assert_array_equal(grads[1][:, 4], 0.0)
-    both = attention.gradient_importance(model, x, y, batch_size=2)
-    for a, b in zip(grads, both):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8)
-    assert all(len(u.module.proj._forward_pre_hooks) == 0 for u in units)
-
-
-# --- 11. pruning ---------------------------------------------------------------------------------
-
-def test_pruning_order_sorts_ascending_with_ties_by_unit_and_head():
-    """Scores ascending; equal scores in (unit, head) order; a 2-D array works like a list of rows."""
-    scores = [np.array([0.3, 0.1, 0.2]), np.array([0.1, 0.05, 0.3])]
-    expected = [(1, 1), (0, 1), (1, 0), (0, 2), (0, 0), (1, 2)]
-    assert attention.pruning_order(scores) == expected
-    assert attention.pruning_order(np.stack(scores)) == expected
-    assert attention.pruning_order([np.zeros(2), np.zeros(3)]) == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
-
-
-def test_pruning_curve_matches_independent_masked_runs():
-    """Step 0 is the clean correctness; step k is the correctness with order[:k] masked."""
-    model = build("vit")
-    x, y = images(8, seed=2), labels(8, seed=2)
-    with torch.no_grad():
-        y = model(x).argmax(1)  # make the clean model right everywhere, so masking has something to break
-        y[::3] = (y[::3] + 1) % 10
-    scores = np.random.default_rng(0).random((6, 8))
-    order = attention.pruning_order(scores)
-    steps = [0, 1, 10, 30, 48]
-    curve = attention.pruning_curve(model, x, y, order, steps, batch_size=3)
-    assert curve.correct.shape == (5, 8) and curve.order == order
-    np.testing.assert_array_equal(curve.n_masked, steps)
-    with torch.no_grad():
-        clean = (model(x).argmax(1) == y).double().numpy()
-    np.testing.assert_array_equal(curve.correct[0], clean)
-    for i, k in enumerate(steps):
-        with torch.no_grad(), attention.masked_heads(model, order[:k]):
-            ok = (model(x).argmax(1) == y).double().numpy()
-        np.testing.assert_array_equal(curve.correct[i], ok)
-    np.testing.assert_allclose(curve.accuracy, curve.correct.mean(1) * 100)
-    for bad in ([-1], [49], [0, 50]):
-        with pytest.raises(ValueError, match=r"steps must lie in \[0, 48\]"):
-            attention.pruning_curve(model, x, y, order, bad)
-    with pytest.raises(ValueError, match="heads 0..7"):
-        attention.pruning_curve(model, x, y, [(0, 9)], [1])
-
-
-# --- 12. k-means, autoencoder, patterns ----------------------------------------------------------
-
-def blobs(seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.tensor([[0.0, 0.0, 0.0], [50.0, 0.0, 0.0], [0.0, 0.0, 80.0]], dtype=torch.float64)
-    truth = torch.randint(3, (60,), generator=g)
-    truth[:3] = torch.arange(3)
-    z = centres[truth] + torch.randn(60, 3, generator=g, dtype=torch.float64)
-    return z, truth.numpy()
-
-
-def test_kmeans_recovers_separated_blobs_and_is_deterministic():
-    """Three far-apart blobs: labels equal to the truth up to a permutation, centroids the blob means."""
-    z, truth = blobs()
-    centroids, lab = attention.kmeans(z, 3, seed=1)
-    lab = lab.numpy()
-    perm = {int(t): int(lab[truth == t][0]) for t in range(3)}
-    assert sorted(perm.values()) == [0, 1, 2]
-    np.testing.assert_array_equal(lab, np.array([perm[int(t)] for t in truth]))
-    for t in range(3):
-        torch.testing.assert_close(centroids[perm[t]], z[torch.from_numpy(truth == t)].mean(0), rtol=1e-12, atol=1e-12)
-    again_c, again_l = attention.kmeans(z, 3, seed=1)
-    assert torch.equal(again_c, centroids) and np.array_equal(again_l.numpy(), lab)
-    for seed in range(5):  # any start finds these blobs
-        _, l2 = attention.kmeans(z, 3, seed=seed)
-        assert len({(int(a), int(b)) for a, b in zip(truth, l2)}) == 3
-
-
-@pytest.mark.parametrize("k", [0, 61, 2.0, True, -1])
-def test_kmeans_rejects_bad_k(k):
-    """k must be a whole number in [1, number of points]."""
-    z, _ = blobs()
-    with pytest.raises(ValueError, match=r"k must be a whole number in \[1, 60\]"):
-        attention.kmeans(z, k)
-
-
-def test_kmeans_with_k_equal_to_the_number_of_points():
-    """k = M distinct points: every point its own cluster."""
-    z = torch.tensor([[0.0], [1.0], [3.0], [7.0]], dtype=torch.float64)
-    centroids, lab = attention.kmeans(z, 4)
-    assert sorted(lab.tolist()) == [0, 1, 2, 3]
-    torch.testing.assert_close(centroids[lab], z)
-
-
-def test_fit_autoencoder_loss_falls_and_decodes_distributions():
-    """The training loss falls over epochs, the fit is seeded, and decoded rows sum to 1."""
-    g = torch.Generator().manual_seed(0)
-    peaks = torch.randint(49, (300,), generator=g)
-    rows = (F.one_hot(peaks, 49).double() * 6 + torch.randn(300, 49, generator=g, dtype=torch.float64)).softmax(-1).float()
-    ae, history = attention.fit_autoencoder(rows, latent=4, hidden=32, epochs=15, batch_size=64, seed=0)
-    assert len(history) == 15
-    assert history[-1] < history[0] - 0.1
-    assert not ae.training
-    _, history2 = attention.fit_autoencoder(rows, latent=4, hidden=32, epochs=15, batch_size=64, seed=0)
-    assert history2 == history
-    with torch.no_grad():
-        decoded = ae.decode(ae.encode(rows[:10]))
-    assert decoded.shape == (10, 49) and (decoded >= 0).all()
-    torch.testing.assert_close(decoded.sum(-1), torch.ones(10), rtol=0, atol=1e-5)
-    with pytest.raises(ValueError):
-        attention.fit_autoencoder(rows[:1])
-
-
-def test_query_maps_rows_and_owners():
-    """Row j of a unit's head-h block is query j % 49 of image/window j // 49, renormalised."""
-    p0 = random_rows(2, 1, 3, 50, 50, seed=7)
-    p1 = random_rows(2, 2, 2, 49, 49, seed=8)  # windowed, no CLS
-    maps = [hand_maps(p0), hand_maps(p1, cls=False, windowed=True)]
-    rows, owners = attention.query_maps(maps)
-    n0, n1 = 3 * 2 * 1 * 49, 2 * 2 * 2 * 49
-    assert rows.shape == (n0 + n1, 49) and owners.shape == (n0 + n1, 3)
-    torch.testing.assert_close(rows.sum(-1), torch.ones(n0 + n1), rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(owners[:n0, 0], 0)
-    np.testing.assert_array_equal(owners[n0:, 0], 1)
-    # unit 0, head 1: rows n0/3 .. 2n0/3, image j // 49, query j % 49
-    block = slice(2 * 49, 4 * 49)
-    np.testing.assert_array_equal(owners[block, 1], 1)
-    for j in range(2 * 49):
-        b, q = j // 49, j % 49
-        assert owners[block][j, 2] == q
-        expected = p0[b, 0, 1, 1 + q, 1:] / p0[b, 0, 1, 1 + q, 1:].sum()
-        torch.testing.assert_close(rows[block][j].double(), expected, rtol=1e-6, atol=1e-7)
-    # unit 1, head 1: image j // 98, window (j // 49) % 2
-    start = n0 + 4 * 49
-    for j in range(4 * 49):
-        b, w, q = j // 98, (j // 49) % 2, j % 49
-        assert tuple(owners[start + j]) == (1, 1, q)
-        torch.testing.assert_close(rows[start + j].double(), p1[b, w, 1, q], rtol=1e-6, atol=1e-7)
-
-
-def test_query_maps_refuses_mixed_grids_and_nothing():
-    """Maps on different grids (7x7 and 14x14) cannot share a vocabulary; no maps is an error."""
-    a = hand_maps(random_rows(1, 1, 2, 50, 50))
-    b = hand_maps(random_rows(1, 1, 2, 197, 197), pixels=2)
-    with pytest.raises(ValueError, match=r"same grid.*\[7, 14\]"):
-        attention.query_maps([a, b])
-    with pytest.raises(ValueError):
-        attention.query_maps([])
-
-
-def test_attention_patterns_on_hand_made_maps():
-    """Vocabulary (k, 7, 7) of distributions, mix rows summing to 1 for present heads, queries in range."""
-    p0 = random_rows(2, 1, 2, 50, 50, seed=11)
-    p1 = random_rows(2, 1, 3, 50, 50, seed=12)
-    maps = [hand_maps(p0), hand_maps(p1)]
-    pat = attention.attention_patterns(maps, k=4, latent=4, hidden=16, epochs=3, seed=0)
-    assert pat.vocabulary.shape == (4, 7, 7)
-    np.testing.assert_allclose(pat.vocabulary.sum(axis=(1, 2)), 1.0, atol=1e-5)
-    assert (pat.vocabulary >= 0).all()
-    assert pat.mix.shape == (2, 3, 4)
-    np.testing.assert_allclose(pat.mix[0, :2].sum(-1), 1.0, rtol=1e-12)
-    np.testing.assert_allclose(pat.mix[1].sum(-1), 1.0, rtol=1e-12)
-    np.testing.assert_array_equal(pat.mix[0, 2], 0.0)  # unit 0 has no head 2
-    m = 2 * 2 * 49 + 2 * 3 * 49
-    assert pat.labels.shape == (m,) and pat.owners.shape == (m, 3) and len(pat.history) == 3
-    assert set(pat.labels.tolist()) <= set(range(4))
-    assert pat.query.shape == (4,) and ((0 <= pat.query) & (pat.query < 49)).all()
-    for u, h in [(0, 1), (1, 2)]:
-        mine = pat.labels[(pat.owners[:, 0] == u) & (pat.owners[:, 1] == h)]
-        np.testing.assert_allclose(pat.mix[u, h], np.bincount(mine, minlength=4) / len(mine), rtol=1e-12)
-    for c in range(4):
-        if (pat.labels == c).any():
-            counts = np.bincount(pat.owners[pat.labels == c, 2], minlength=49)
-            assert counts[pat.query[c]] == counts.max()
-
-
 # --- 13. units and geometry ----------------------------------------------------------------------
 
-def test_attention_units_refuse_the_resnet_and_foreign_modules():
+def test_attention_units_refuse_the_resnet_and_foreign_modules(seeded_model, random_images):
     """ResNet: ValueError naming the models with attention; anything but a Classifier: TypeError."""
     with pytest.raises(ValueError, match="vit, vit_local3, vit_local5, pit and alternet"):
-        attention.attention_units(build("resnet"))
+        attention.attention_units(seeded_model("resnet"))
     with pytest.raises(TypeError, match="lib.core.models.build"):
         attention.attention_units(nn.Linear(3, 3))
     with pytest.raises(TypeError):
-        attention.attention_units(build("vit").net)
+        attention.attention_units(seeded_model("vit").net)
     with pytest.raises(ValueError, match="no attention units"):
-        attention.attention_maps(build("resnet"), images(1))
+        attention.attention_maps(seeded_model("resnet"), random_images(1))
 
 
 @pytest.mark.parametrize("name,pixels,grids,heads,windowed,cls", [
@@ -717,17 +352,17 @@ def test_attention_units_refuse_the_resnet_and_foreign_modules():
     ("pit", [2, 2, 4, 4, 4, 4, 8, 8], [14, 14, 7, 7, 7, 7, 4, 4], [2, 2, 4, 4, 4, 4, 8, 8], False, True),
     ("alternet", [2, 4], [7, 7], [8, 16], True, False),
 ])
-def test_unit_geometry(name, pixels, grids, heads, windowed, cls):
+def test_unit_geometry(name, pixels, grids, heads, windowed, cls, seeded_model, random_images):
     """pixels per token, grid side, heads, windowing and CLS of every unit; units are the 'msa' blocks in order."""
-    model = build(name)
+    model = seeded_model(name)
     units = attention.attention_units(model)
     assert [u.pixels for u in units] == pixels
     assert [u.heads for u in units] == heads
     assert all(u.windowed is windowed and u.cls is cls for u in units)
-    assert [u.index for u in units] == [b.index for b in blocks.blocks(model) if b.kind == "msa"]
-    maps, _ = attention.attention_maps(model, images(1))
+    assert [u.index for u in units] == [b.index for b in residual.units(model) if b.kind == "msa"]
+    maps, _ = attention.attention_maps(model, random_images(1))
     assert [m.grid for m in maps] == grids
-    stats = attention.attention_statistics(model, images(2))
+    stats = attention.attention_statistics(model, random_images(2))
     assert [s.grid for s in stats] == grids
     assert [s.strength.shape for s in stats] == [(2, h, g) for h, g in zip(heads, grids)]
 
@@ -735,10 +370,10 @@ def test_unit_geometry(name, pixels, grids, heads, windowed, cls):
 # --- 14. attention statistics --------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["vit", "alternet"])
-def test_attention_statistics_batches_concatenate(name):
+def test_attention_statistics_batches_concatenate(name, seeded_model, random_images):
     """batch_size=3 over 7 images equals one batch of 7 and the per-map functions; shapes (n, H), (n, H, grid)."""
-    model = build(name)
-    x = images(7, seed=9)
+    model = seeded_model(name)
+    x = random_images(7, seed=9)
     small = attention.attention_statistics(model, x, batch_size=3)
     whole = attention.attention_statistics(model, x, batch_size=7)
     maps, _ = attention.attention_maps(model, x)
@@ -759,25 +394,19 @@ def test_attention_statistics_batches_concatenate(name):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="batch_size"):
             attention.attention_statistics(model, x, batch_size=bad)
-    with pytest.raises(ValueError, match="expected at least 1 images"):
+    with pytest.raises(ValueError, match="x must be at least 1 image"):
         attention.attention_statistics(model, x[0])
 
 
-# --- labels that do not match the images ---------------------------------------------------------
-
-@pytest.mark.parametrize("call", [
-    lambda m, x, y: attention.head_importance(m, x, y),
-    lambda m, x, y: attention.gradient_importance(m, x, y, batch_size=2),
-    lambda m, x, y: attention.pruning_curve(m, x, y, [(0, 0)], [0], batch_size=2),
-], ids=["head_importance", "gradient_importance", "pruning_curve"])
-@pytest.mark.parametrize("n_labels", [1, 3, 6])
-def test_analyses_with_labels_refuse_a_label_count_that_does_not_match(call, n_labels):
-    """One label per image: too few labels (which would broadcast) or too many raise ValueError."""
-    with pytest.raises(ValueError, match="same number of images"):
-        call(build("vit"), images(4), labels(n_labels))
-
-
-def test_pruning_curve_rejects_a_bad_batch_size():
-    """batch_size=0 raises ValueError naming batch_size, as in the other analyses."""
-    with pytest.raises(ValueError, match="batch_size"):
-        attention.pruning_curve(build("vit"), images(4), labels(4), [(0, 0)], [0], batch_size=0)
+def test_local_heads_count_the_heads_below_a_share_of_even_attention(hand_maps, random_rows):
+    """Head means 5, 10.8 and 14 px on 7x7 patches of 4 px: even attention spreads over 14.44 px, so
+    with share 0.75 (10.83 px) two heads are local, with share 1 all three, with 0.3 none."""
+    unit = hand_maps(random_rows(1, 1, 3, 50, 50)).unit
+    distance = np.array([[4.0, 10.7, 14.0], [6.0, 10.9, 14.0]])
+    stat = attention.UnitStatistics(unit, 7, distance, np.zeros((2, 3)), np.zeros((2, 3, 7)))
+    assert stat.positions == 49
+    assert attention.local_heads([stat]) == 2
+    assert attention.local_heads([stat, stat], share=1.0) == 6
+    assert attention.local_heads([stat], share=0.3) == 0
+    with pytest.raises(ValueError, match="share"):
+        attention.local_heads([stat], share=0.0)

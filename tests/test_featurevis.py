@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from lib.core import blocks, models
+from lib.core import models, residual
 from lib.analyses import attention, featurevis
 from lib.analyses.featurevis import Augment, Neuron
 
@@ -225,11 +225,11 @@ def test_visualise_is_seeded_and_stays_in_range():
 # --- 5. bad arguments ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(n=0), r"n must be a positive whole number, got 0"),
-    (dict(n=True), r"n must be a positive whole number, got True"),
-    (dict(steps=0), r"steps must be a positive whole number, got 0"),
-    (dict(steps=2.0), r"steps must be a positive whole number, got 2.0"),
-    (dict(copies=0), r"copies must be a positive whole number, got 0"),
+    (dict(n=0), r"n must be a positive integer, got 0"),
+    (dict(n=True), r"n must be a positive integer, got True"),
+    (dict(steps=0), r"steps must be a positive integer, got 0"),
+    (dict(steps=2.0), r"steps must be a positive integer, got 2.0"),
+    (dict(copies=0), r"copies must be a positive integer, got 0"),
     (dict(lr=0.0), r"lr=0.0"),
     (dict(lr=-0.1), r"lr=-0.1"),
     (dict(tv_weight=-1.0), r"tv_weight=-1.0"),
@@ -316,7 +316,7 @@ def test_neuron_units_are_the_block_names():
     }
     for name, units in expected.items():
         model = build(name)
-        names = [u.name for u in blocks.blocks(model)]
+        names = [u.name for u in residual.units(model)]
         got = featurevis.neuron_units(model)
         assert {k: v[1] for k, v in got.items()} == units, name
         assert list(got) == [n for n in names if n in units], name  # in block order, names taken from blocks()
@@ -587,7 +587,7 @@ def test_cls_isolated_attention_and_logits(block):
         maps, logits = attention.attention_maps(vit, x)
         with torch.no_grad():
             direct = vit(x)
-            walked = blocks.run_blocks(blocks.blocks(vit), x)
+            walked = residual.run_units(residual.units(vit), x)
     p = maps[block].probs  # (B, 1, heads, 50, 50)
     assert torch.equal(p[..., 0, 0], torch.ones_like(p[..., 0, 0]))
     assert torch.equal(p[..., 0, 1:], torch.zeros_like(p[..., 0, 1:]))
@@ -611,7 +611,7 @@ def test_cls_isolated_fused_and_explicit_paths_agree():
     with torch.no_grad():
         with featurevis.cls_isolated(vit, 3):
             explicit = vit(x)
-        models.set_fused_attn(vit, True)
+        models.use_fused_attention(vit, True)
         clean_fused = vit(x)
         with featurevis.cls_isolated(vit, 3):
             fused = vit(x)

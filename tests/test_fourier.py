@@ -15,7 +15,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-from lib.core import blocks, models  # noqa: E402
+from lib.core import models, residual  # noqa: E402
 from lib.analyses import fourier  # noqa: E402
 
 
@@ -187,17 +187,17 @@ def test_unit_profiles_match_a_direct_computation(name):
     model = models.build(name).eval()
     x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(5))
     profiles = fourier.unit_profiles(model, x, batch_size=3, progress=False)  # chunks of 3 and 1
-    units = blocks.blocks(model)
+    units = residual.units(model)
     body = [u for u in units if u.kind != "head"]
     assert [p.name for p in profiles] == [u.name for u in body]
     assert [p.kind for p in profiles] == [u.kind for u in body]
     assert [p.stage for p in profiles] == [u.stage for u in body]
     assert "head" not in {p.kind for p in profiles}
     with torch.no_grad():
-        _, outs = blocks.run_blocks(units, x, keep=True)
+        _, outs = residual.run_units(units, x, keep=True)
     previous = fourier.relative_log_amplitude(x)
     for p, out in zip(profiles, outs):
-        direct = fourier.relative_log_amplitude(blocks.as_grid(out))
+        direct = fourier.relative_log_amplitude(residual.as_grid(out))
         assert p.profile.delta[0] == 0.0
         np.testing.assert_allclose(p.profile.delta, direct.delta, rtol=1e-6, atol=1e-6)
         # the profile runs the model in chunks (3 + 1 images): float32 sums differ in the last bits,
@@ -220,12 +220,12 @@ def test_high_frequency_changes_per_image(name):
     model = models.build(name).eval()
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(8))
     units, changes = fourier.high_frequency_changes(model, x, batch_size=2, progress=False)  # chunks 2, 2, 1
-    body = [u for u in blocks.blocks(model) if u.kind != "head"]
-    assert [u.name for u in units] == [u.name for u in body] and isinstance(units[0], blocks.UnitInfo)
+    body = [u for u in residual.units(model) if u.kind != "head"]
+    assert [u.name for u in units] == [u.name for u in body] and isinstance(units[0], residual.UnitInfo)
     assert changes.shape == (5, len(body)) and changes.dtype == np.float64
     with torch.no_grad():
-        _, outs = blocks.run_blocks(blocks.blocks(model), x, keep=True)
-    maps = [x] + [blocks.as_grid(o) for o in outs[:len(body)]]
+        _, outs = residual.run_units(residual.units(model), x, keep=True)
+    maps = [x] + [residual.as_grid(o) for o in outs[:len(body)]]
     for i in range(len(x)):  # independently, image by image, unit by unit
         direct = [fourier.high_frequency_change(maps[j][i:i + 1], maps[j + 1][i:i + 1]) for j in range(len(body))]
         np.testing.assert_allclose(changes[i], direct, rtol=0, atol=1e-5)
@@ -237,7 +237,7 @@ def test_high_frequency_changes_per_image(name):
 def test_high_frequency_changes_of_a_known_filter():
     """A unit that multiplies the top diagonal bin by 1/9 relative to DC lowers it by log 9 in every image."""
     class Blur(nn.Module):  # the 3×3 box blur with circular padding: gain 1 at DC, 1/9 at (π, π)
-        downsample = None  # read by lib.core.blocks like a ResNet block's attribute
+        downsample = None  # read by lib.core.residual like a ResNet block's attribute
 
         def forward(self, z):
             return sum(torch.roll(z, (a, b), (-2, -1)) for a in (-1, 0, 1) for b in (-1, 0, 1)) / 9
@@ -275,3 +275,19 @@ def test_features_are_checked():
         fourier.relative_log_amplitude(torch.rand(0, 3, 4, 4))
     with pytest.raises(ValueError, match="must be a torch.Tensor"):
         fourier.relative_log_amplitude(np.zeros((1, 1, 4, 4)))
+
+
+def test_unit_groups_by_role_and_grid_in_model_order():
+    """Embedding 28→14, two convs on 14, a strided conv 14→7 starting stage 2, an MSA on 7: the
+    groups, their order, and the columns of a role with and without a grid."""
+    from types import SimpleNamespace as Unit
+    profiles = [Unit(kind="embed", stage=0, size=14), Unit(kind="conv", stage=0, size=14),
+                Unit(kind="conv", stage=0, size=14), Unit(kind="conv", stage=1, size=7),
+                Unit(kind="msa", stage=1, size=7), Unit(kind="conv", stage=1, size=7)]
+    groups = fourier.unit_groups(profiles, 28)
+    assert groups.grids == ["28→14", "14×14", "14×14", "14→7", "7×7", "7×7"]
+    assert groups.roles == ["embed", "conv", "conv", "subsampling", "msa", "conv"]
+    assert groups.keys() == [("conv", "14×14"), ("subsampling", "14→7"), ("msa", "7×7"), ("conv", "7×7")]
+    assert groups.columns("conv") == [1, 2, 5]
+    assert groups.columns("conv", "7×7") == [5]
+    assert groups.columns("embed") == [] and groups.columns("mlp") == []

@@ -277,7 +277,7 @@ def test_an_empty_batch_is_refused_by_every_entry_point():
 def test_fused_attention_is_refused_up_front_and_left_as_it_was():
     """The fused kernel has no double backward: without the check the first product failed deep
     inside autograd. The model's switches are not flipped behind the caller's back."""
-    model = models.set_fused_attn(models.build("vit"), True)
+    model = models.use_fused_attention(models.build("vit"), True)
     x, y = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 7])
     calls = []
     model.register_forward_hook(lambda *args: calls.append(1))
@@ -285,15 +285,15 @@ def test_fused_attention_is_refused_up_front_and_left_as_it_was():
                  lambda: hessian.top_eigenvalues(model, x, y, k=1),
                  lambda: hessian.batch_spectra(model, [(x, y)], k=1, progress=False)):
         with pytest.raises(ValueError, match=r"6 attention module\(s\).*fused kernel.*"
-                                             r"call lib\.core\.models\.set_fused_attn\(model, False\) first"):
+                                             r"call lib\.core\.models\.use_fused_attention\(model, False\) first"):
             call()
     assert calls == [] and model.training  # nothing ran, not even model.eval()
     assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
-    models.set_fused_attn(model, False)
+    models.use_fused_attention(model, False)
     model.net.blocks[3].attn.fused_attn = True  # one fused module is enough to refuse
     with pytest.raises(ValueError, match=r"1 attention module\(s\).*'net\.blocks\.3\.attn'"):
         hessian.HessianOperator(model, x, y)
-    models.set_fused_attn(model, False)  # what the message says to do
+    models.use_fused_attention(model, False)  # what the message says to do
     op = hessian.HessianOperator(model, x, y)
     assert torch.isfinite(op(torch.ones(op.dim))).all() and calls == [1]
 

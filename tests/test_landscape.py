@@ -353,3 +353,24 @@ def test_sharpness_errors():
     two = parabola_surface(two_d=True)
     with pytest.raises(ValueError, match="ys must contain 0"):
         landscape.sharpness(landscape.Surface(two.xs, two.ys + 0.1, two.nll, two.acc, two.l2, 0.05, 8))
+
+
+def test_line_through_centre_cuts_the_row_and_the_column_at_zero():
+    """A 3 x 5 surface (rows y = -1, 0, 1; columns x = -2 .. 2): along d₁ the row y = 0, along d₂
+    the column x = 0; a line has no line through its centre, and the axis must be 0 or 1."""
+    xs, ys = np.linspace(-2, 2, 5), np.linspace(-1, 1, 3)
+    grid = np.arange(15.0).reshape(3, 5)
+    s = landscape.Surface(xs, ys, nll=grid, acc=100 - grid, l2=grid / 10, l2_coef=1e-4, n_images=8)
+    along_d1 = s.line_through_centre(0)
+    np.testing.assert_array_equal(along_d1.xs, xs)
+    np.testing.assert_array_equal(along_d1.nll, [5, 6, 7, 8, 9])
+    np.testing.assert_array_equal(along_d1.acc, 100 - np.array([5, 6, 7, 8, 9]))
+    along_d2 = s.line_through_centre(1)
+    np.testing.assert_array_equal(along_d2.xs, ys)
+    np.testing.assert_array_equal(along_d2.nll, [2, 7, 12])
+    np.testing.assert_array_equal(along_d2.l2, [0.2, 0.7, 1.2])
+    assert along_d1.ndim == along_d2.ndim == 1 and along_d2.n_images == 8
+    with pytest.raises(ValueError, match="2-D"):
+        along_d1.line_through_centre(0)
+    with pytest.raises(ValueError, match="axis must be 0"):
+        s.line_through_centre(2)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lib.core import blocks as B
+from lib.core import residual
 from lib.core import models
 
 
@@ -45,10 +45,10 @@ def test_layout_only_for_convnets():
 
 def test_alternet_layout_places_msa_blocks():
     model = models.build("alternet")
-    kinds = [b.kind for b in B.blocks(model)]
+    kinds = [b.kind for b in residual.units(model)]
     assert kinds == ["embed", "conv", "conv", "conv", "msa", "conv", "msa", "head"]
     start = models.build("resnet", layout="CC,MC,MC")  # MSA at the start of a stage (with stride)
-    assert [b.kind for b in B.blocks(start)][1:-1] == ["conv", "conv", "msa", "conv", "msa", "conv"]
+    assert [b.kind for b in residual.units(start)][1:-1] == ["conv", "conv", "msa", "conv", "msa", "conv"]
     assert start(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
@@ -100,7 +100,7 @@ def test_fused_and_explicit_attention_agree(name, images):
     model = models.build(name).eval()
     assert all(not m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
     explicit = model(images)
-    models.set_fused_attn(model, True)
+    models.use_fused_attention(model, True)
     assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
     torch.testing.assert_close(model(images), explicit, atol=1e-5, rtol=1e-5)
 
@@ -128,7 +128,7 @@ def test_neighbourhood_mask():
 
 
 def _first_msa_output(model, tokens):
-    msa = B.blocks(model)[1]
+    msa = residual.units(model)[1]
     assert msa.kind == "msa"
     return msa(tokens)
 
@@ -138,9 +138,9 @@ def _first_msa_output(model, tokens):
 def test_local_attention_really_is_local(name, window, fused):
     """Perturbing a token outside a query's window leaves that query's output unchanged."""
     torch.manual_seed(0)
-    model = models.set_fused_attn(models.build(name).eval(), fused)
+    model = models.use_fused_attention(models.build(name).eval(), fused)
     with torch.no_grad():
-        tokens = B.blocks(model)[0](torch.rand(2, 1, 28, 28))
+        tokens = residual.units(model)[0](torch.rand(2, 1, 28, 28))
         r = window // 2
         query = 1 + 3 * 7 + 3            # the centre patch (row 3, column 3); token 0 is CLS
         inside = query + r               # same row, last column inside the window
@@ -158,7 +158,7 @@ def test_global_vit_is_not_local():
     torch.manual_seed(0)
     model = models.build("vit").eval()
     with torch.no_grad():
-        tokens = B.blocks(model)[0](torch.rand(2, 1, 28, 28))
+        tokens = residual.units(model)[0](torch.rand(2, 1, 28, 28))
         base = _first_msa_output(model, tokens)
         perturbed = tokens.clone()
         perturbed[:, 49] += 5.0 * torch.randn_like(perturbed[:, 49])  # the far corner patch

@@ -64,6 +64,23 @@ def test_conventions(path):
     assert "hide-input" in code[0].get("metadata", {}).get("tags", []), "the setup cell is folded in the book"
 
 
+def _glues_only(cell: dict) -> bool:
+    """Every output of the cell is a glued value (MyST-NB's record, not shown where it is made)."""
+    return bool(cell["outputs"]) and all(any(k.startswith("application/papermill.record") for k in o.get("data", {}))
+                                         for o in cell["outputs"])
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_cells_that_glue_numbers_or_state_verdicts_are_folded(path):
+    """The book shows the story and the analysis calls; the code that glues the numbers the prose
+    pastes, or turns estimates into verdicts, is folded (hide-input) and one click away."""
+    nb = json.loads(path.read_text())
+    bad = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+           and (_glues_only(c) or re.search(r"claims\.(judge|glue_claims)\(", "".join(c["source"])))
+           and "hide-input" not in c.get("metadata", {}).get("tags", [])]
+    assert not bad, f"{path.name}: cells {bad} glue numbers or state verdicts and are not folded (tag hide-input)"
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_no_cell_relies_on_a_semicolon_to_hide_its_value(path):
     """Under nbval a trailing ";" does not silence a cell's last value (it does in Jupyter), so a

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lib.core import blocks, models  # noqa: E402
+from lib.core import models, residual  # noqa: E402
 from lib.report import plots  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def spans(ax) -> list[tuple[float, float, tuple]]:
 
 
 def test_bands_span_the_segment_each_unit_produces():
-    units = blocks.unit_infos(models.build("alternet"))  # stem, stage1: C C, stage2: C M, stage3: C M, head
+    units = residual.unit_infos(models.build("alternet"))  # stem, stage1: C C, stage2: C M, stage3: C M, head
     fig, ax = plt.subplots()
     plots.shade_units(ax, units)
     grey, blue = matplotlib.colors.to_rgb(plots.MSA_SHADE), matplotlib.colors.to_rgb(plots.SUBSAMPLE_SHADE)
@@ -37,7 +37,7 @@ def test_bands_span_the_segment_each_unit_produces():
 
 
 def test_depth_profile_draws_every_unit_in_its_colour():
-    units = blocks.unit_infos(models.build("vit"))[:-1]
+    units = residual.unit_infos(models.build("vit"))[:-1]
     values = np.arange(1, len(units) + 1, dtype=float)
     fig, ax = plt.subplots()
     plots.depth_profile(ax, units, values, log=True)
@@ -61,4 +61,38 @@ def test_history_curves_draw_only_the_measured_epochs():
     acc, nll = (ax.lines[0] for ax in fig.axes)
     assert list(acc.get_xdata()) == [3, 5, 6] and list(acc.get_ydata()) == [53.0, 55.0, 56.0]
     assert list(nll.get_ydata()) == [1 / 3, 1 / 5, 1 / 6]
+    plt.close(fig)
+
+
+def test_hessian_ends_draw_every_batch_of_every_model_in_its_colour():
+    """Left: one dot per top eigenvalue and a median tick per model; right: one dot per batch at
+    (λ_max, −λ_min) in the model's colour, on a log-x / symlog-y axis."""
+    from types import SimpleNamespace
+    rng = np.random.default_rng(0)
+    spectra = {name: SimpleNamespace(top=rng.normal(size=(4, 3)) * 50, lambda_max=rng.uniform(10, 900, 4),
+                                     lambda_min=-rng.uniform(0, 20, 4)) for name in ("A", "B")}
+    colors = {"A": "#ff0000", "B": "#0000ff"}
+    fig, (left, right) = plt.subplots(1, 2)
+    plots.hessian_ends(left, right, spectra, colors)
+    assert [len(c.get_offsets()) for c in left.collections] == [12, 12]
+    assert [t.get_text() for t in left.get_yticklabels()] == ["A", "B"]
+    dots = right.collections
+    assert [len(c.get_offsets()) for c in dots] == [4, 4]
+    for c, name in zip(dots, ("A", "B")):
+        np.testing.assert_allclose(c.get_offsets(), np.column_stack([spectra[name].lambda_max, -spectra[name].lambda_min]))
+        np.testing.assert_allclose(c.get_facecolor()[0][:3], matplotlib.colors.to_rgb(colors[name]))
+    assert right.get_xscale() == "log" and right.get_yscale() == "symlog"
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["A", "B"]
+    plt.close(fig)
+
+
+def test_interval_bars_span_each_estimates_interval():
+    """A bar per estimate from low to high (× scale), its point at the value."""
+    from types import SimpleNamespace as Est
+    estimates = [Est(value=1.0, low=0.5, high=2.0), Est(value=-1.0, low=-3.0, high=0.0)]
+    fig, ax = plt.subplots()
+    bars = plots.interval_bars(ax, [0, 1], estimates, scale=10.0, fmt="o")
+    line, _, (segments,) = bars
+    np.testing.assert_allclose(line.get_ydata(), [10.0, -10.0])
+    np.testing.assert_allclose([s[:, 1] for s in segments.get_segments()], [[5.0, 20.0], [-30.0, 0.0]])
     plt.close(fig)

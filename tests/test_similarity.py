@@ -1,5 +1,4 @@
-"""lib.analyses.similarity: minibatch linear CKA against exact and independent answers, skip ratios against
-the units' own outputs, spatial localisation on the patch embedding."""
+"""lib.analyses.similarity: minibatch linear CKA against exact and independent answers."""
 from __future__ import annotations
 
 import itertools
@@ -8,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib.core import blocks, models
+from lib.core import models, residual
 from lib.analyses import similarity
+from lib.core.residual import UnitInfo
 from lib.report import stats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -171,18 +171,18 @@ def test_model_cka_within_and_across_models(nets):
     x = images(24)
     within = similarity.model_cka(nets["vit"], x, batch_size=8, progress=False)
     m = within.matrix
-    n_units = len(blocks.blocks(nets["vit"])) - 1  # head left out
+    n_units = len(residual.units(nets["vit"])) - 1  # head left out
     assert m.shape == (n_units, n_units)
     assert np.allclose(np.diag(m), 1.0, atol=1e-10)
     assert np.allclose(m, m.T, atol=1e-12)
     assert within.hsic.n_batches == 3 and within.hsic.n_images == 24
     across = similarity.model_cka(nets["vit"], x, nets["resnet"], batch_size=8, progress=False)
-    assert across.matrix.shape == (n_units, len(blocks.blocks(nets["resnet"])) - 1)
+    assert across.matrix.shape == (n_units, len(residual.units(nets["resnet"])) - 1)
     assert np.isfinite(across.matrix).all()
     # the ViT rows of the cross matrix are the ViT's units compared with the ResNet's: its first
     # unit against the ResNet stem equals the same pair computed directly
-    feats_v = blocks.run_blocks(blocks.blocks(nets["vit"])[:1], x)
-    feats_r = blocks.run_blocks(blocks.blocks(nets["resnet"])[:1], x)
+    feats_v = residual.run_units(residual.units(nets["vit"])[:1], x)
+    feats_r = residual.run_units(residual.units(nets["resnet"])[:1], x)
     acc = similarity.HSICAccumulator()
     for a, b in zip(feats_v.split(8), feats_r.split(8)):
         acc.add([a.detach()], [b.detach()])
@@ -246,54 +246,9 @@ def test_depth_groups_and_block_mean():
     assert similarity.block_mean(m, [0, 1], [0, 1], skip_diagonal=True) == pytest.approx(np.mean([1, 4]))
 
 
-# --- skip connections and localisation -----------------------------------------------------------
-
-@pytest.mark.parametrize("name", ["vit", "resnet"])
-def test_skip_ratios_match_the_units_own_outputs(nets, name):
-    """‖z‖ / ‖f(z)‖ from the branch equals ‖z‖ / ‖unit(z) − z‖ from consecutive unit outputs."""
-    model, x = nets[name], images(10)
-    ratios = similarity.skip_ratios(model, x, batch_size=5, progress=False)
-    units = blocks.blocks(model)
-    with torch.no_grad():
-        _, outs = blocks.run_blocks(units, x, keep=True)
-    inputs = [x] + outs[:-1]
-    residual = [i for i, u in enumerate(units) if u.residual]
-    assert [u.index for u in ratios.units] == residual
-    for col, i in enumerate(residual):
-        z, out = inputs[i], outs[i]
-        dim = -1 if z.ndim == 3 else 1
-        r = z.norm(dim=dim) / (out - z).norm(dim=dim)
-        spatial = r[:, 1:].mean(dim=1) if z.ndim == 3 else r.flatten(1).mean(dim=1)
-        np.testing.assert_allclose(ratios.spatial[:, col], spatial.numpy(), rtol=1e-3)
-        if z.ndim == 3:
-            np.testing.assert_allclose(ratios.cls[:, col], r[:, 0].numpy(), rtol=1e-3)
-    assert (ratios.cls is None) == (name == "resnet")
-
-
-def test_patches_cut_the_grid_in_row_major_order():
-    x = torch.arange(2 * 28 * 28, dtype=torch.float32).reshape(2, 1, 28, 28)
-    ps = similarity.patches(x, 7)
-    assert len(ps) == 49 and ps[0].shape == (2, 16)
-    torch.testing.assert_close(ps[7 * 2 + 3], x[:, 0, 8:12, 12:16].reshape(2, 16))
-    with pytest.raises(ValueError, match="5x5"):
-        similarity.patches(x, 5)
-
-
-def test_patch_embedding_is_localised_and_empty_patches_are_masked(nets):
-    x = images(64)
-    x[:, :, :4, :4] = 0.0  # the top-left patch is empty in every image
-    (embed,) = similarity.localisation(nets["vit"], x, unit_indices=[0], batch_size=32, progress=False)
-    assert embed.side == 7 and not embed.valid[0] and embed.valid[1:].all()
-    cka = embed.cka
-    valid = np.flatnonzero(embed.valid)
-    sub = cka[np.ix_(valid, valid)]
-    # the embedding of position p is a linear function of patch p alone (plus a constant)
-    assert (sub.argmax(axis=1) == np.arange(valid.size)).all()
-    assert similarity.localisation_score(cka, embed.valid) > 0.5
-    shown = embed.map(0, 0)
-    assert shown.mask.all()  # an invalid position shows nothing, not NaN
-    assert not np.isnan(embed.map(3, 3).filled(0)).any() and embed.map(3, 3).mask.sum() == 1
-    with pytest.raises(ValueError, match="outside"):
-        embed.map(7, 0)
-    with pytest.raises(ValueError, match="no spatial grid"):
-        similarity.localisation(nets["vit"], x, unit_indices=[len(blocks.blocks(nets["vit"])) - 1], progress=False)
+def test_uniformity_is_the_mean_of_the_lower_by_upper_block():
+    """Five units: depths 0, .25 | .5, .75, 1; the lower-by-upper block of a hand-made matrix."""
+    units = [UnitInfo(i, f"u{i}", "mlp", 0, i / 4, True) for i in range(5)]
+    matrix = np.arange(25, dtype=float).reshape(5, 5)
+    assert similarity.uniformity(matrix, units) == np.mean([[2, 3, 4], [7, 8, 9]])
+    assert similarity.uniformity(np.ones((5, 5)), units) == 1.0

@@ -2,7 +2,7 @@
 import pytest
 from torch import nn
 
-from lib.core import blocks as B
+from lib.core import residual
 from lib.core import models
 from lib.analyses import summary
 
@@ -93,7 +93,7 @@ def test_flops_of_every_zoo_model_match_a_hand_count_and_leave_it_unchanged(name
 def test_unit_table_matches_blocks_and_parameters():
     model = models.build("pit")
     rows = summary.unit_table(model, (1, 28, 28))
-    assert [r.name for r in rows] == [u.name for u in B.blocks(model)]
+    assert [r.name for r in rows] == [u.name for u in residual.units(model)]
     assert sum(r.params for r in rows) == models.count_parameters(model)
     assert rows[0].output_shape == (197, 40) and rows[-1].output_shape == (10,)
 

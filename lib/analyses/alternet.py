@@ -196,4 +196,4 @@ def from_resnet(model: models.Classifier, layout: str, seed: int = 0,
                     dst.downsample.load_state_dict(src.downsample.state_dict())
                 if identity_init:
                     nn.init.zeros_(dst.up.weight)
-    return models.set_fused_attn(new, False).eval()
+    return models.use_fused_attention(new, False).eval()

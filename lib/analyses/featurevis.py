@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import blocks as blocks_lib
-from ..core.blocks import as_grid
+from ..core import residual
 from ..core.models import Classifier, PreActResNet
-from ..core.running import captured_outputs, eval_mode, progress_bar
+from ..core.residual import as_grid
+from ..core.running import captured_outputs, check_positive_int, eval_mode, progress_bar
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -43,7 +43,7 @@ Objective = Callable[[torch.Tensor], torch.Tensor]
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Neuron:
-    """One neuron: the residual unit named ``unit`` (a name from :func:`lib.core.blocks.blocks`: an
+    """One neuron: the residual unit named ``unit`` (a name from :func:`lib.core.residual.units`: an
     ``"....mlp"`` unit of a ViT, a ``"conv"`` unit of a ResNet) and the ``index`` of its hidden
     unit (ViT MLP) or output channel (ResNet)."""
 
@@ -67,7 +67,7 @@ def neuron_units(model: nn.Module) -> dict[str, tuple[nn.Module, int]]:
     """
     _check_model(model)
     out = {}
-    for unit in blocks_lib.blocks(model):
+    for unit in residual.units(model):
         if unit.kind == "mlp":
             mlp = unit.module.fn
             out[unit.name] = (mlp.act, mlp.fc1.out_features)
@@ -97,9 +97,9 @@ def _spatial_mean(z: torch.Tensor) -> torch.Tensor:
 def _run_through(model: nn.Module, names: set[str], x: torch.Tensor) -> None:
     """Run the units of ``model`` up to the last one named in ``names`` (the rest would not change
     what the hooks see, so the forward pass stops there)."""
-    units = blocks_lib.blocks(model)
+    units = residual.units(model)
     last = max(i for i, u in enumerate(units) if u.name in names)
-    blocks_lib.run_blocks(units[:last + 1], x)
+    residual.run_units(units[:last + 1], x)
 
 
 def neuron_activations(model: nn.Module, neurons: Sequence[Neuron], x: torch.Tensor,
@@ -203,8 +203,7 @@ def visualise(objective: Objective, n: int, shape: tuple[int, int, int], steps: 
     start grey (0.5) with a little seeded noise. Seeded: the same call gives the same images.
     """
     for name, v in (("n", n), ("steps", steps), ("copies", copies)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive whole number, got {v!r}")
+        check_positive_int(v, name)
     if lr <= 0 or tv_weight < 0:
         raise ValueError(f"lr must be > 0 and tv_weight >= 0, got lr={lr}, tv_weight={tv_weight}")
     augment = Augment() if augment is None else augment
@@ -314,7 +313,7 @@ def position_probe(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor
                    weight_decay: float = 1e-4, seed: int = 0, progress: bool = False) -> PositionProbe:
     """A linear probe per token-sequence unit that reads a patch token's grid position from it.
 
-    For every unit of :func:`lib.core.blocks.blocks` whose output is a token sequence, the patch tokens
+    For every unit of :func:`lib.core.residual.units` whose output is a token sequence, the patch tokens
     of ``x_train`` (standardised with their own mean and deviation) train a softmax regression onto
     the ``side²`` positions (L-BFGS, ``steps`` iterations, a small L2 penalty); the probe is then
     scored on the tokens of ``x_test``. High accuracy: the unit's tokens still know where they are.
@@ -322,10 +321,10 @@ def position_probe(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor
     _check_model(model)
     if isinstance(model.net, PreActResNet):
         raise ValueError("position_probe reads token positions; it applies to vit, vit_local3, vit_local5 and pit")
-    units = [u for u in blocks_lib.blocks(model) if u.kind != "head"]
+    units = [u for u in residual.units(model) if u.kind != "head"]
     with torch.no_grad(), eval_mode(model):
-        _, train_outs = blocks_lib.run_blocks(units, x_train, keep=True)
-        _, test_outs = blocks_lib.run_blocks(units, x_test, keep=True)
+        _, train_outs = residual.run_units(units, x_train, keep=True)
+        _, test_outs = residual.run_units(units, x_test, keep=True)
     names, correct, chance = [], [], None
     bar = progress_bar(list(zip(units, train_outs, test_outs)), desc="position probe", progress=progress)
     for unit, tr, te in bar:

@@ -2,14 +2,14 @@
 
 Park & Kim (2022) argue that multi-head self-attentions (MSAs) act as low-pass filters and
 convolutions as high-pass filters, from two experiments. This module holds the first and the
-frequency conventions both share; :mod:`lib.analyses.perturbations` holds the second (band-limited noise)
-and Ghiasi et al.'s low-pass filtering of the input.
+frequency conventions both share; :mod:`lib.analyses.filters` and :mod:`lib.analyses.robustness`
+hold the second (band-limited noise) and Ghiasi et al.'s low-pass filtering of the input.
 
 * **Feature maps in the frequency domain** (their Figs. 2a and 8). :func:`relative_log_amplitude`
   takes a unit's output as spatial maps, computes the 2-D FFT of every map, averages the log
   amplitude over images and channels and reads it along the half-diagonal of the spectrum, from
   frequency 0 to the highest frequency, relative to frequency 0 (Δ log amplitude).
-  :func:`unit_profiles` does this for every unit of a zoo model (see :func:`lib.core.blocks.blocks`),
+  :func:`unit_profiles` does this for every unit of a zoo model (see :func:`lib.core.residual.units`),
   and :func:`high_frequency_change` reduces a unit to one number: how much it raises (high-pass)
   or lowers (low-pass) the Δ log amplitude at the highest frequency.
   :func:`high_frequency_changes` gives that number per image and unit, so that two kinds of unit,
@@ -37,14 +37,16 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core.blocks import AboutUnit, UnitInfo, as_grid, blocks
-from ..core.running import analysis_device, check_positive_int, eval_mode, model_device, progress_bar
+from ..core import residual
+from ..core.residual import AboutUnit, UnitInfo, as_grid
+from ..core.running import check_positive_int, eval_mode, moved_to, progress_bar
+from .unit_effects import unit_roles
 
 #: Added to every amplitude before the log (Park & Kim's value), so that a frequency absent from a
 #: map gives a large negative but finite log amplitude.
@@ -129,7 +131,7 @@ def _token_grid(tokens: Tensor, what: str) -> Tensor:
     if tokens.numel() == 0:
         return as_grid(tokens)  # the caller reports the empty tensor
     hint = ("for one image (C, H, W) pass x[None]; for tokens outside this rule pass (B, C, H, W) maps, "
-            "e.g. from lib.core.blocks.as_grid")
+            "e.g. from lib.core.residual.as_grid")
     if n == d:
         raise ValueError(f"{what} of shape {tuple(tokens.shape)} is ambiguous: a 3-D tensor is read as tokens "
                          f"(B, N, D), but N == D, which is how one square image (C, H, W) looks; {hint}")
@@ -181,7 +183,7 @@ def relative_log_amplitude(features: Tensor) -> FrequencyProfile:
     """Δ log amplitude of feature maps along the half-diagonal (Park & Kim Figs. 2a, 8).
 
     ``features`` are maps ``(B, C, H, W)`` with ``H == W`` (a CNN unit's output, or a transformer
-    unit's output after :func:`lib.core.blocks.as_grid`; token sequences ``(B, N, D)`` are passed
+    unit's output after :func:`lib.core.residual.as_grid`; token sequences ``(B, N, D)`` are passed
     through ``as_grid`` here, which drops the CLS token).
 
     A 3-D tensor is always read as tokens ``(B, N, D)``, never as one image ``(C, H, W)``, and
@@ -293,24 +295,18 @@ def _spatial_units_on(model: nn.Module, x: Tensor, batch_size: int, device: str 
     Checks ``x`` and ``batch_size`` first; on exit the model's train/eval mode is restored and, if
     it was moved to ``device``, it goes back where its parameters were.
     """
-    units = [u for u in blocks(model) if u.kind != "head"]
+    units = [u for u in residual.units(model) if u.kind != "head"]
     _as_maps(x, "x")
     check_positive_int(batch_size, "batch_size")
-    home = model_device(model)
-    target = analysis_device(model, device)
-    try:
-        with eval_mode(model.to(target)):
-            yield units, target
-    finally:
-        if device is not None:
-            model.to(home)
+    with moved_to(model, device) as target, eval_mode(model):
+        yield units, target
 
 
 def unit_profiles(model: nn.Module, x: Tensor, batch_size: int = 128, device: str | torch.device | None = None,
                   progress: bool = False) -> list[UnitProfile]:
     """Δ log amplitude profile of every unit of a zoo model, for Park & Kim's Figs. 2a and 8.
 
-    Runs ``x`` (images in [0, 1], ``(N, C, H, W)``) through :func:`lib.core.blocks.blocks` in chunks of
+    Runs ``x`` (images in [0, 1], ``(N, C, H, W)``) through :func:`lib.core.residual.units` in chunks of
     ``batch_size`` and accumulates, for each unit's output as spatial maps (:func:`as_grid`: the
     CLS token is dropped), the sum of ``log(|FFT2| + FLOOR)`` over images and channels; dividing
     by the count at the end gives exactly the mean of :func:`relative_log_amplitude` over all of
@@ -323,7 +319,7 @@ def unit_profiles(model: nn.Module, x: Tensor, batch_size: int = 128, device: st
     restored. Returns one :class:`UnitProfile` per non-head unit, in order.
 
     Raises:
-        TypeError: ``model`` is not a zoo model (see :func:`lib.core.blocks.blocks`).
+        TypeError: ``model`` is not a zoo model (see :func:`lib.core.residual.units`).
         ValueError: ``x`` is not a non-empty batch of square images, or a bad ``batch_size``.
     """
     with _spatial_units_on(model, x, batch_size, device) as (units, target), torch.no_grad():
@@ -377,14 +373,14 @@ def high_frequency_changes(model: nn.Module, x: Tensor, batch_size: int = 128,
     the same images go through every unit and every model, so contrasts such as "MSA units minus
     convolutional units at the same resolution" are paired over images (bootstrap the rows).
 
-    ``units`` are the :class:`lib.core.blocks.UnitInfo` of the non-head units, in order (the head's
+    ``units`` are the :class:`lib.core.residual.UnitInfo` of the non-head units, in order (the head's
     logits have no spatial extent); unit 0's input is ``x`` itself, so its change includes the
     model's input normalisation. The model runs as in :func:`unit_profiles` (eval mode, no
     gradients, float32, chunks of ``batch_size``, moved to ``device`` and back; its mode restored).
     Returns float64 ``changes``.
 
     Raises:
-        TypeError: ``model`` is not a zoo model (see :func:`lib.core.blocks.blocks`).
+        TypeError: ``model`` is not a zoo model (see :func:`lib.core.residual.units`).
         ValueError: ``x`` is not a non-empty batch of square images, or a bad ``batch_size``.
     """
     with _spatial_units_on(model, x, batch_size, device) as (units, target), torch.no_grad():
@@ -398,3 +394,33 @@ def high_frequency_changes(model: nn.Module, x: Tensor, batch_size: int = 128,
                 highs.append(_high_per_image(_as_maps(h, f"the output of {u.name!r}")))
             rows.append(torch.diff(torch.stack(highs, dim=1), dim=1))
     return [u.info for u in units], torch.cat(rows).numpy()
+
+
+@dataclass(frozen=True)
+class UnitGroups:
+    """The units of a model after its embedding, by role and grid, for per-kind tables.
+
+    ``roles[i]`` is unit ``i``'s kind, or ``"subsampling"`` where it starts a stage
+    (:func:`lib.analyses.unit_effects.unit_roles`); ``grids[i]`` the grid it works on, ``"7×7"``, or
+    ``"14→7"`` where its output is smaller than its input. Index 0, the embedding, belongs to no group
+    (its change includes the input normalisation).
+    """
+
+    roles: list[str]
+    grids: list[str]
+
+    def keys(self) -> list[tuple[str, str]]:
+        """Every ``(role, grid)`` pair that has units, in the order the model first reaches it."""
+        return list(dict.fromkeys(zip(self.roles[1:], self.grids[1:])))
+
+    def columns(self, role: str, grid: str | None = None) -> list[int]:
+        """The indices of the units of ``role`` (on ``grid``, or on any grid when None), in order."""
+        return [i for i in range(1, len(self.roles)) if self.roles[i] == role and grid in (None, self.grids[i])]
+
+
+def unit_groups(profiles: Sequence[UnitProfile], input_size: int) -> UnitGroups:
+    """:class:`UnitGroups` of the units behind ``profiles`` (:func:`unit_profiles`), whose first unit
+    reads images of ``input_size`` pixels a side."""
+    sizes = [input_size] + [p.size for p in profiles]
+    grids = [f"{out}×{out}" if into == out else f"{into}→{out}" for into, out in zip(sizes, sizes[1:])]
+    return UnitGroups(unit_roles(profiles), grids)

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import data
-from ..core.running import eval_mode, progress_bar
+from ..core import data, models
+from ..core.running import check_positive_int, eval_mode, progress_bar
 from .krylov import (Eigs, MatVec, extreme_eigenvalues, lanczos_eigs, power_iteration)
 
 METHODS = ("lanczos", "power")
@@ -60,11 +60,11 @@ def _check_explicit_attention(model: nn.Module) -> None:
     backward, so a Hessian-vector product through them fails deep inside autograd. The switch is
     not flipped here: the caller's model is left exactly as it was, and the choice stays visible.
     """
-    fused = [name or type(model).__name__ for name, m in model.named_modules() if getattr(m, "fused_attn", False)]
+    fused = [name or type(model).__name__ for name in models.fused_attention_modules(model)]
     if fused:
         raise ValueError(f"{len(fused)} attention module(s) of the model use the fused kernel (fused_attn=True, "
                          f"e.g. {fused[0]!r}), which has no double backward, so Hessian-vector products through "
-                         f"them fail; call lib.core.models.set_fused_attn(model, False) first (the explicit path "
+                         f"them fail; call lib.core.models.use_fused_attention(model, False) first (the explicit path "
                          f"computes the same function, up to float rounding)")
 
 
@@ -73,9 +73,9 @@ class HessianOperator:
 
     The forward pass and the first backward (with ``create_graph=True``) run once, here; each
     product then costs one backward through that graph. ``n_products`` counts the products.
-    Models with attention must compute it explicitly (``models.set_fused_attn(model, False)``,
-    the zoo's default): fused attention kernels have no double backward. A model with any module
-    whose ``fused_attn`` is on is refused with a ``ValueError`` before anything runs, rather than
+    Models with attention must compute it explicitly (``models.use_fused_attention(model, False)``,
+    the zoo's default): fused attention kernels have no double backward. A model with any attention module
+    on the fused kernel is refused with a ``ValueError`` before anything runs, rather than
     switched over silently (the two paths agree only up to float rounding).
 
     ``temperature`` divides the logits first (``T > 1`` softens the model's predictions): the
@@ -225,8 +225,8 @@ def spectrum_batches(x: torch.Tensor, y: torch.Tensor, n_batches: int, batch_siz
 
     The same seed gives the same batches, so different models are probed on identical data.
     """
-    if n_batches < 1 or batch_size < 1:
-        raise ValueError(f"n_batches and batch_size must be >= 1, got {n_batches} and {batch_size}")
+    check_positive_int(n_batches, "n_batches")
+    check_positive_int(batch_size, "batch_size")
     if n_batches * batch_size > len(x):
         raise ValueError(f"{n_batches} batches of {batch_size} need {n_batches * batch_size} images; "
                          f"only {len(x)} given")

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..core.running import progress_bar
+from ..core.running import check_positive_int, progress_bar
 import torch
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
@@ -250,8 +250,7 @@ def extreme_eigenvalues(op: MatVec, dim: int, tol: float = 1e-3, min_steps: int 
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
     for name, value in (("min_steps", min_steps), ("stable_steps", stable_steps), ("max_iter", max_iter)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(value, name)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= dim:
         raise ValueError(f"k must be an integer in [0, dim={dim}], got {k!r}")
     device = torch.device(device)
@@ -413,8 +412,8 @@ def slq_density(op: MatVec, dim: int, n_vectors: int = 3, steps: int = 30, seed:
     the weights. Probes that stop early (an invariant subspace) are padded with zero weights.
     """
     _check_dim(dim)
-    if n_vectors < 1 or steps < 1:
-        raise ValueError(f"n_vectors and steps must be >= 1, got {n_vectors} and {steps}")
+    check_positive_int(n_vectors, "n_vectors")
+    check_positive_int(steps, "steps")
     steps = min(steps, dim)
     gen = torch.Generator().manual_seed(seed)
     nodes = np.zeros((n_vectors, steps))

@@ -20,6 +20,7 @@ move; directions are lists of tensors in ``model.parameters()`` order (trainable
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -115,6 +116,22 @@ class Surface:
         issue #10 of their repository), so show NLL alone as well.
         """
         return self.nll + self.l2 if with_l2 else self.nll
+
+    def line_through_centre(self, axis: int) -> Surface:
+        """The 1-D surface through w₀ along one axis of a 2-D one: along d₁ (``axis=0``, the row
+        ``y = 0``) or along d₂ (``axis=1``, the column ``x = 0``), with the same images and weight
+        term, so that it compares with the 1-D slices of :func:`surface_1d`."""
+        if self.ndim != 2:
+            raise ValueError("line_through_centre() needs a 2-D surface")
+        if axis not in (0, 1) or isinstance(axis, bool):
+            raise ValueError(f"axis must be 0 (along d₁) or 1 (along d₂), got {axis!r}")
+        if axis == 0:
+            i, xs = _zero_index(self.ys, "ys"), self.xs
+            cut = (lambda a: a[i, :])
+        else:
+            i, xs = _zero_index(self.xs, "xs"), self.ys
+            cut = (lambda a: a[:, i])
+        return dataclasses.replace(self, xs=xs, ys=None, nll=cut(self.nll), acc=cut(self.acc), l2=cut(self.l2))
 
 
 def _coords(values: Iterable[float], what: str) -> np.ndarray:

@@ -1,5 +1,7 @@
-"""Representation similarity (Raghu et al. 2021): minibatch linear CKA, skip-connection ratios and
-spatial localisation, on the residual units of :mod:`lib.core.blocks`.
+"""Representation similarity (Raghu et al. 2021): minibatch linear CKA between the residual units
+of :mod:`lib.core.residual`, within a model and across models (spatial localisation, CKA against
+input patches, is :mod:`lib.analyses.localisation`; skip-connection ratios, a unit's effect on its
+residual stream, live with the lesions in :mod:`lib.analyses.unit_effects`).
 
 **Linear CKA.** Two representations of the same ``n`` images, ``X`` (n × p) and ``Y`` (n × q),
 are compared through their Gram matrices ``K = X Xᵀ`` and ``L = Y Yᵀ``: CKA is the normalised
@@ -14,36 +16,23 @@ HSIC₁(L, L))`` over batches. Because HSIC₁ is unbiased, the average over bat
 population HSIC whatever the batch size (the biased estimator of Kornblith et al. 2019 would
 depend on it). :class:`HSICBatches` keeps the per-batch values, so intervals come from a
 bootstrap over batches (:func:`shared_batches` lays them out for :func:`lib.report.stats.bootstrap`).
-
-**Skip connections** (:func:`skip_ratios`): for a residual unit ``z + f(z)``, the ratio
-``‖z‖ / ‖f(z)‖`` per token (or per feature-map position), the CLS token apart from the spatial
-ones: how much of the unit's output is just its input passed on.
-
-**Spatial localisation** (:func:`localisation`): CKA between the representation at grid position
-``(a, b)`` of a unit and the raw input patch at every position: a token that still "knows where
-it is" resembles its own patch more than the others. Input patches that are (nearly) constant
-across images, the empty borders of Fashion-MNIST, carry no signal and are masked out, never
-turned into NaN.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..core import blocks as blocks_lib
-from ..core.blocks import UnitInfo
-from ..core.running import analysis_device, eval_mode, progress_bar, runs_in_eval_mode
+from ..core import residual
+from ..core.residual import UnitInfo
+from ..core.running import analysis_device, eval_mode, progress_bar
 
 MIN_BATCH = 4  # the unbiased HSIC divides by n(n − 3)
 DEGENERATE = 1e-9  # self-HSIC below this share of its scale: features constant across images
-MASK_SHARE = 0.01  # input patches whose self-HSIC is below this share of the median are masked
 
 
 # --- Gram matrices and the unbiased HSIC -------------------------------------------------------
@@ -262,7 +251,9 @@ def _constant(self_hsic: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return self_hsic.mean(axis=0) <= DEGENERATE * np.maximum(scale.mean(axis=0), np.finfo(float).tiny)
 
 
-def _batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+def cka_batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """``x`` split into batches of ``batch_size`` images for the unbiased HSIC, which needs at least
+    :data:`MIN_BATCH` images per batch: a smaller remainder joins the batch before it."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < MIN_BATCH:
         raise ValueError(f"batch_size must be a whole number >= {MIN_BATCH}, got {batch_size!r}")
     n = x.shape[0]
@@ -274,12 +265,12 @@ def _batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return out
 
 
-def _units(model: nn.Module, include_head: bool) -> list[blocks_lib.Block]:
-    return [u for u in blocks_lib.blocks(model) if include_head or u.kind != "head"]
+def _units(model: nn.Module, include_head: bool) -> list[residual.Unit]:
+    return [u for u in residual.units(model) if include_head or u.kind != "head"]
 
 
 @torch.no_grad()
-def _unit_grams(model: nn.Module, units: list[blocks_lib.Block], xb: torch.Tensor,
+def _unit_grams(model: nn.Module, units: list[residual.Unit], xb: torch.Tensor,
                 device: torch.device) -> torch.Tensor:
     """The zero-diagonal Gram matrix of every unit's output on one batch, ``(U, n, n)``.
 
@@ -318,7 +309,7 @@ def model_cka(model_a: nn.Module, x: torch.Tensor, model_b: nn.Module | None = N
     """CKA between every pair of units of ``model_a`` (and ``model_b``, if given) on the images ``x``.
 
     One pass over ``x`` in batches of ``batch_size``: each batch runs the model(s) unit by unit and
-    adds its unbiased HSIC of every pair of units. Units are those of :func:`lib.core.blocks.blocks`,
+    adds its unbiased HSIC of every pair of units. Units are those of :func:`lib.core.residual.units`,
     the head (logits) left out unless ``include_head``. Models run in eval mode.
     """
     named = {"a": model_a} if model_b is None else {"a": model_a, "b": model_b}
@@ -346,7 +337,7 @@ def models_cka(models: dict[str, nn.Module], x: torch.Tensor, pairs: Sequence[tu
     device = analysis_device(first, device)
     units = {name: _units(models[name], include_head) for name in used}
     accs = {pair: HSICAccumulator() for pair in pairs}
-    parts = _batches(x, batch_size)
+    parts = cka_batches(x, batch_size)
     with contextlib.ExitStack() as modes:
         for name in used:
             modes.enter_context(eval_mode(models[name]))
@@ -436,175 +427,9 @@ def depth_groups(units: Sequence[UnitInfo], edges: Sequence[float]) -> list[np.n
     return groups
 
 
-# --- Skip connections ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SkipRatios:
-    """``‖z‖ / ‖f(z)‖`` for every residual unit ``z + f(z)`` of a model.
-
-    ``spatial[i, u]`` is image i's mean over spatial tokens (or feature-map positions) of unit u's
-    ratio, each token's norm taken over its channels; ``cls[i, u]`` the CLS token's ratio (``None``
-    for models without one).
-    """
-
-    units: tuple[UnitInfo, ...]
-    spatial: np.ndarray
-    cls: np.ndarray | None
-
-    @property
-    def spatial_mean(self) -> np.ndarray:
-        return self.spatial.mean(axis=0)
-
-    @property
-    def cls_mean(self) -> np.ndarray | None:
-        return None if self.cls is None else self.cls.mean(axis=0)
-
-
-@torch.no_grad()
-@runs_in_eval_mode
-def skip_ratios(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
-                device: str | torch.device | None = None, progress: bool = False) -> SkipRatios:
-    """Skip-connection ratios of every residual unit of ``model`` on the images ``x``.
-
-    Token models (``(B, N, D)`` between units) have their CLS token first (:mod:`lib.core.blocks`); the
-    grid is the last ``side²`` tokens. Feature maps ``(B, C, H, W)`` have no CLS token.
-    """
-    device = analysis_device(model, device)
-    units = blocks_lib.blocks(model)
-    residual = [i for i, u in enumerate(units) if u.residual]
-    if not residual:
-        raise ValueError(f"{type(model).__name__} has no residual units")
-    spatial, cls = [], []
-    parts = _batches(x, batch_size)
-    for xb in progress_bar(parts, total=len(parts), desc="skip ratios", progress=progress):
-        z = xb.to(device)
-        s_rows, c_rows = [], []
-        for i, unit in enumerate(units):
-            if i in residual:
-                ratio = _token_norms(z) / _token_norms(unit.module.branch(z)).clamp_min(1e-12)
-                if z.ndim == 3:
-                    side = math.isqrt(z.shape[1])
-                    prefix = z.shape[1] - side * side
-                    s_rows.append(ratio[:, prefix:].mean(dim=1))
-                    c_rows.append(ratio[:, 0] if prefix else None)
-                else:
-                    s_rows.append(ratio.flatten(1).mean(dim=1))
-                    c_rows.append(None)
-            z = unit(z)
-        spatial.append(torch.stack(s_rows, dim=1).double().cpu())
-        if all(c is not None for c in c_rows):
-            cls.append(torch.stack(c_rows, dim=1).double().cpu())
-    return SkipRatios(tuple(units[i].info for i in residual), torch.cat(spatial).numpy(),
-                      torch.cat(cls).numpy() if len(cls) == len(spatial) else None)
-
-
-def _token_norms(z: torch.Tensor) -> torch.Tensor:
-    """The norm over channels of every token ``(B, N)`` or every map position ``(B, H, W)``."""
-    return z.float().norm(dim=-1) if z.ndim == 3 else z.float().norm(dim=1)
-
-
-# --- Spatial localisation ------------------------------------------------------------------------
-
-def patches(x: torch.Tensor, side: int) -> list[torch.Tensor]:
-    """The images ``(B, C, H, W)`` cut into a ``side × side`` grid of non-overlapping patches, each
-    ``(B, C·h·w)``, in row-major order of the grid."""
-    if x.ndim != 4 or x.shape[2] % side or x.shape[3] % side:
-        raise ValueError(f"images of shape {tuple(x.shape)} do not split into a {side}x{side} grid of patches")
-    ph, pw = x.shape[2] // side, x.shape[3] // side
-    cols = F.unfold(x.float(), kernel_size=(ph, pw), stride=(ph, pw))  # (B, C*ph*pw, side²)
-    return list(cols.permute(2, 0, 1))
-
-
-@dataclass(frozen=True)
-class Localisation:
-    """CKA between each grid position of one unit and each input patch.
-
-    ``cka[p, q]`` compares position ``p`` of the unit (row-major on the ``side × side`` grid) with
-    input patch ``q``; ``valid[q]`` is False where input patch ``q`` is (nearly) constant across the
-    images or the unit's position ``q`` is exactly constant (e.g. a stem's output over an empty
-    corner): those rows and columns are excluded from every score and masked in every map. ``hsic`` keeps the per-batch values for
-    :func:`shared_batches` and :func:`localisation_score`.
-    """
-
-    unit: UnitInfo
-    side: int
-    hsic: HSICBatches
-    valid: np.ndarray
-
-    @property
-    def cka(self) -> np.ndarray:
-        return self.hsic.cka()
-
-    def map(self, row: int, col: int) -> np.ma.MaskedArray:
-        """The ``side × side`` map of CKA between position ``(row, col)`` and every input patch,
-        masked where the patch or the position is constant (rows of invalid positions are all masked)."""
-        if not (0 <= row < self.side and 0 <= col < self.side):
-            raise ValueError(f"position ({row}, {col}) is outside the {self.side}x{self.side} grid")
-        p = row * self.side + col
-        mask = ~self.valid.reshape(self.side, self.side) | (not self.valid[p])
-        values = np.where(mask, 0.0, np.nan_to_num(self.cka[p].reshape(self.side, self.side)))
-        return np.ma.masked_array(values, mask=mask)
-
-
-def localisation_score(cka: np.ndarray, valid: np.ndarray) -> float:
-    """How much positions resemble their own input patch more than the others: the mean over
-    valid positions ``p`` of ``cka[p, p] − mean over valid q ≠ p of cka[p, q]``."""
-    v = np.flatnonzero(valid)
-    if v.size < 2:
-        raise ValueError("localisation needs at least 2 valid positions")
-    sub = cka[np.ix_(v, v)]
-    own = np.diag(sub)
-    others = (sub.sum(axis=1) - own) / (v.size - 1)
-    return float(np.mean(own - others))
-
-
-@torch.no_grad()
-@runs_in_eval_mode
-def localisation(model: nn.Module, x: torch.Tensor, unit_indices: Sequence[int] | None = None,
-                 batch_size: int = 256, device: str | torch.device | None = None,
-                 progress: bool = False) -> list[Localisation]:
-    """Spatial localisation of the units ``unit_indices`` of ``model`` (default: every unit with a
-    spatial grid, i.e. all but the head) on the images ``x``.
-
-    The unit's output is taken as a grid (:func:`lib.core.blocks.as_grid`, CLS dropped); the images are
-    cut into the same grid of patches (28×28 images and a 7×7 grid give 4×4 patches, the ViT's own
-    patches). Patches whose self-HSIC is below :data:`MASK_SHARE` of the median patch's, and
-    positions whose features are constant, are masked (``Localisation.valid``). Units on a fine grid
-    cost ``side⁴`` HSIC pairs: pick them on purpose (a 28×28 grid is 614,656 pairs per batch).
-    """
-    device = analysis_device(model, device)
-    units = blocks_lib.blocks(model)
-    spatial = [i for i, u in enumerate(units) if u.kind != "head"]
-    chosen = spatial if unit_indices is None else [spatial[i] if i < 0 else i for i in unit_indices]
-    for i in chosen:
-        if i not in spatial:
-            raise ValueError(f"unit index {i} has no spatial grid; choose among {spatial}")
-    accs = {i: HSICAccumulator() for i in chosen}
-    sides: dict[int, int] = {}
-    parts = _batches(x, batch_size)
-    last = max(chosen)
-    for xb in progress_bar(parts, total=len(parts), desc="localisation", progress=progress):
-        patch_grams: dict[int, torch.Tensor] = {}  # per grid side, computed once per batch
-        z = xb.to(device)
-        for i, unit in enumerate(units[:last + 1]):
-            z = unit(z)
-            if i not in accs:
-                continue
-            grid = blocks_lib.as_grid(z).float().cpu()
-            side = grid.shape[2]
-            if grid.shape[3] != side:
-                raise ValueError(f"unit {unit.name} has a non-square {grid.shape[2]}x{grid.shape[3]} grid")
-            sides[i] = side
-            if side not in patch_grams:
-                patch_grams[side] = grams(patches(xb.cpu(), side))
-            accs[i].add_grams(grams(list(grid.flatten(2).permute(2, 0, 1))), patch_grams[side])  # side² positions (B, C)
-    out = []
-    for i in chosen:
-        side = sides[i]
-        labels = [f"({r}, {c})" for r in range(side) for c in range(side)]
-        hsic = accs[i].result(labels, labels, allow_constant=True)
-        patch_self = hsic.self_b.mean(axis=0)
-        valid = (~accs[i].constant("a") & ~accs[i].constant("b")
-                 & (patch_self > MASK_SHARE * np.median(patch_self)))
-        out.append(Localisation(units[i].info, side, hsic, valid))
-    return out
+def uniformity(matrix: np.ndarray, units: Sequence[UnitInfo]) -> float:
+    """How uniform a model's representations are across depth (Raghu et al.): the mean CKA between
+    its lower-half and its upper-half units (:func:`depth_groups` with edges 0, 0.5, 1) in its own
+    unit-by-unit CKA ``matrix``. 1 when every layer represents the images alike."""
+    lower, upper = depth_groups(units, (0, 0.5, 1))
+    return block_mean(matrix, lower, upper)

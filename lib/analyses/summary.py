@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..core import blocks as B
+from ..core import residual
 from ..core.models import count_parameters
 from ..core.running import eval_mode
 
@@ -34,21 +34,21 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 @dataclass(frozen=True)
-class UnitRow(B.AboutUnit):
-    """One residual unit (its :class:`lib.core.blocks.UnitInfo`), what it outputs and how many weights it owns."""
+class UnitRow(residual.AboutUnit):
+    """One residual unit (its :class:`lib.core.residual.UnitInfo`), what it outputs and how many weights it owns."""
 
-    info: B.UnitInfo
+    info: residual.UnitInfo
     output_shape: tuple[int, ...]
     params: int
 
 
 def unit_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[UnitRow]:
-    """The units of :func:`lib.core.blocks.blocks` with the shape of each output for one input
+    """The units of :func:`lib.core.residual.units` with the shape of each output for one input
     and the number of weights each unit owns (every parameter belongs to exactly one unit)."""
-    units = B.blocks(model)
+    units = residual.units(model)
     device = next(model.parameters()).device
     with torch.no_grad():
-        _, outs = B.run_blocks(units, torch.zeros(1, *input_shape, device=device), keep=True)
+        _, outs = residual.run_units(units, torch.zeros(1, *input_shape, device=device), keep=True)
     return [UnitRow(unit.info, tuple(out.shape[1:]), sum(p.numel() for p in unit.module.parameters()))
             for unit, out in zip(units, outs)]
 
@@ -56,7 +56,7 @@ def unit_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[UnitRow]:
 def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
     """Parameters, forward FLOPs per image and the number of units of each kind."""
     kinds: dict[str, int] = {}
-    for unit in B.blocks(model):
+    for unit in residual.units(model):
         kinds[unit.kind] = kinds.get(unit.kind, 0) + 1
     return {"params": count_parameters(model), "flops": count_flops(model, input_shape),
             **{f"{k}_units": v for k, v in kinds.items()}}

@@ -53,6 +53,17 @@ def evaluate_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch
     return {"acc": 100.0 * int(correct.sum()) / len(y), "nll": nll / len(y), "correct": correct}
 
 
+def per_image_outcomes(logits: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's cross-entropy (no label smoothing) and correctness (1.0 or 0.0), float64 on the CPU.
+
+    The one per-image scoring of the analyses that change a model and compare image by image
+    (lesions, masked heads): the loss is computed in float32, as :func:`evaluate` computes it.
+    """
+    logits = logits.float()
+    loss = F.cross_entropy(logits, y, reduction="none")
+    return loss.double().cpu().numpy(), (logits.argmax(dim=1) == y).double().cpu().numpy()
+
+
 # --------------------------------------------------------------------------------------------------
 # Temperature scaling
 # --------------------------------------------------------------------------------------------------

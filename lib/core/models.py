@@ -19,7 +19,7 @@ name           architecture
                40/80/160, depths 2/4/2
 =============  ==================================================================================
 
-Models are built with fused attention *off* (see :func:`set_fused_attn`): the fused CPU kernel has
+Models are built with fused attention *off* (see :func:`use_fused_attention`): the fused CPU kernel has
 no double backward (Hessian-vector products fail) and bypasses attention hooks. Training switches
 it on for speed; the outputs agree to floating-point rounding either way.
 """
@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -64,7 +65,7 @@ class Normalize(nn.Module):
 class Classifier(nn.Module):
     """A zoo model: input normalisation followed by the network ``net``.
 
-    ``arch`` is the zoo name, kept so that :func:`lib.core.blocks.blocks` and checkpoint loading know
+    ``arch`` is the zoo name, kept so that :func:`lib.core.residual.units` and checkpoint loading know
     what they hold; :func:`build` also records its arguments as ``build_kwargs`` (so a model can
     be rebuilt or transformed, see :func:`lib.analyses.alternet.from_resnet`).
     """
@@ -305,16 +306,44 @@ def build_pit(in_chans: int = 1, num_classes: int = 10, img_size: int = 28,
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
-def set_fused_attn(model: nn.Module, enabled: bool) -> nn.Module:
-    """Switch every timm attention module in ``model`` to the fused (SDPA) kernel or the explicit one.
+def _attention_switches(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules of ``model`` that choose between timm's fused and explicit attention (``fused_attn``)."""
+    return [(name, m) for name, m in model.named_modules() if hasattr(m, "fused_attn")]
+
+
+def use_fused_attention(model: nn.Module, enabled: bool) -> nn.Module:
+    """Put every attention module of this ``model`` on the fused (SDPA) kernel or on the explicit path.
 
     Fused attention is faster but on CPU has no double backward and bypasses hooks; the explicit
-    path computes the same function. Returns ``model`` for chaining.
+    path computes the same function. Only this model changes (timm's process-wide default for new
+    modules is left alone). Returns ``model`` for chaining.
     """
-    for module in model.modules():
-        if hasattr(module, "fused_attn"):
-            module.fused_attn = enabled
+    for _, module in _attention_switches(model):
+        module.fused_attn = enabled
     return model
+
+
+def fused_attention_modules(model: nn.Module) -> list[str]:
+    """The names of the attention modules of ``model`` now on the fused kernel (``""`` is the model itself)."""
+    return [name for name, module in _attention_switches(model) if module.fused_attn]
+
+
+@contextmanager
+def explicit_attention(model: nn.Module) -> Iterator[nn.Module]:
+    """Run every attention module of ``model`` on its explicit path inside the block.
+
+    The fused kernel computes the same function but never forms the attention probabilities, so
+    hooks cannot see them. Each module's own setting is restored on leaving, even after an error.
+    """
+    modules = [module for _, module in _attention_switches(model)]
+    saved = [m.fused_attn for m in modules]
+    try:
+        for m in modules:
+            m.fused_attn = False
+        yield model
+    finally:
+        for m, flag in zip(modules, saved):
+            m.fused_attn = flag
 
 
 def build(name: str, in_chans: int = 1, num_classes: int = 10, img_size: int = 28,
@@ -348,7 +377,7 @@ def build(name: str, in_chans: int = 1, num_classes: int = 10, img_size: int = 2
     model = Classifier(name, net, mean, std)
     model.build_kwargs = dict(in_chans=in_chans, num_classes=num_classes, img_size=img_size, mean=mean,
                               std=std, drop_path_rate=drop_path_rate, layout=layout)
-    return set_fused_attn(model, False)
+    return use_fused_attention(model, False)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm  # plain text bars: no widgets in stored notebooks or the offline book
@@ -38,6 +39,23 @@ def model_device(model: nn.Module) -> torch.device:
 def analysis_device(model: nn.Module, device: str | torch.device | None = None) -> torch.device:
     """The device an analysis of ``model`` runs on: ``device`` when given, else the model's own."""
     return model_device(model) if device is None else torch.device(device)
+
+
+@contextlib.contextmanager
+def moved_to(model: nn.Module, device: str | torch.device | None = None) -> Iterator[torch.device]:
+    """The model on :func:`analysis_device` inside the block, yielded; when ``device`` moved it,
+    it goes back to where its parameters were on leaving (even after an error). For analyses that
+    may be asked to run elsewhere than the model lives."""
+    home = model_device(model)
+    target = analysis_device(model, device)
+    moved = target != home
+    if moved:
+        model.to(target)
+    try:
+        yield target
+    finally:
+        if moved:
+            model.to(home)
 
 
 @contextlib.contextmanager
@@ -86,8 +104,39 @@ def captured_outputs(modules: Mapping[Any, nn.Module]) -> Iterator[dict[Any, Any
             handle.remove()
 
 
+@contextlib.contextmanager
+def rewritten_inputs(rewrites: Iterable[tuple[nn.Module, Callable[[tuple], tuple]]]) -> Iterator[None]:
+    """Inside the block, each ``module`` of ``rewrites`` gets ``rewrite(args)`` in place of its
+    positional inputs ``args`` (a forward pre-hook); the hooks are removed on leaving, even after
+    an error. The way to mask or gate what flows into a module without editing the model."""
+    handles = []
+    try:
+        for module, rewrite in rewrites:
+            handles.append(module.register_forward_pre_hook(lambda _m, args, rewrite=rewrite: rewrite(args)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def check_positive_int(value: object, what: str, minimum: int = 1) -> None:
-    """Raise ``ValueError`` unless ``value`` is a whole number ``>= minimum`` (a size, a count)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    """Raise ``ValueError`` unless ``value`` is a whole number ``>= minimum`` (a size, a count): a
+    Python or NumPy integer, never a bool or a float such as ``2.0``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
         wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{what} must be {wanted}, got {value!r}")
+
+
+def check_images(x: object, at_least: int = 1) -> None:
+    """Raise ``ValueError`` unless ``x`` is a tensor of at least ``at_least`` images ``(N, C, H, W)``."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] < at_least:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be at least {at_least} image(s) of shape (N, C, H, W), got {got}")
+
+
+def check_labels(x: torch.Tensor, y: object) -> None:
+    """Raise ``ValueError`` unless ``y`` is a 1-D tensor with one label per image of ``x``."""
+    if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.shape[0] != x.shape[0]:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"x and y need the same number of images (one label each), got {x.shape[0]} images "
+                         f"and labels of shape {got}")

@@ -45,7 +45,7 @@ def label(model: str) -> str:
 def unit_strip(ax: Axes, units: Sequence[Any], title: str = "") -> Axes:
     """A compact diagram of a model: one coloured cell per residual unit, stage changes marked.
 
-    ``units`` are :class:`lib.core.blocks.Block`, :class:`lib.core.blocks.UnitInfo` or :class:`lib.analyses.summary.UnitRow` (they need
+    ``units`` are :class:`lib.core.residual.Block`, :class:`lib.core.residual.UnitInfo` or :class:`lib.analyses.summary.UnitRow` (they need
     ``kind``, ``stage`` and ``name``).
     """
     short = {"embed": "emb", "conv": "conv", "msa": "MSA", "mlp": "MLP", "pool": "pool", "head": "head"}
@@ -128,10 +128,39 @@ def eigenvalue_strips(ax: Axes, groups: dict[str, Sequence[float]], colors: dict
     return ax
 
 
+def interval_bars(ax: Axes, x: Sequence[float] | np.ndarray, estimates: Sequence[Any], scale: float = 1.0,
+                  **style: Any) -> Any:
+    """Estimates as points with their intervals as error bars: at each ``x`` the ``value`` of an
+    estimate (anything with ``value``, ``low`` and ``high``, e.g. :class:`lib.report.stats.Estimate`),
+    the bar from ``low`` to ``high``, all times ``scale``. ``style`` goes to ``Axes.errorbar``."""
+    values = np.array([e.value for e in estimates], dtype=float) * scale
+    low = np.array([e.low for e in estimates], dtype=float) * scale
+    high = np.array([e.high for e in estimates], dtype=float) * scale
+    return ax.errorbar(x, values, yerr=[values - low, high - values], **style)
+
+
+def hessian_ends(ax_strips: Axes, ax_ends: Axes, spectra: dict[str, Any], colors: dict[str, str]) -> None:
+    """The two views of a Hessian spectrum per mini-batch, for each labelled model of ``spectra``
+    (anything with ``top`` ``(batches, k)``, ``lambda_max`` and ``lambda_min`` per batch, e.g. the
+    spectra of :mod:`lib.analyses.hessian`): left, Park & Kim's top-k eigenvalues by magnitude
+    (:func:`eigenvalue_strips`); right, both ends of each batch's spectrum, one dot per batch,
+    ``λ_max`` against ``−λ_min``. The caller titles the left panel (what its top-k are)."""
+    eigenvalue_strips(ax_strips, {label: s.top.reshape(-1) for label, s in spectra.items()}, dict(colors))
+    for label, s in spectra.items():
+        ax_ends.scatter(s.lambda_max, -s.lambda_min, s=22, color=colors[label], label=label)
+    ax_ends.set_xscale("log")
+    ax_ends.xaxis.set_minor_formatter(plt.NullFormatter())  # label the decades only
+    ax_ends.set_yscale("symlog", linthresh=1.0)
+    ax_ends.set_ylim(bottom=0)  # −λ_min ≥ 0 whenever the batch has negative curvature
+    ax_ends.set(xlabel="λ_max of the batch (log scale)", ylabel="−λ_min (symlog scale)")
+    ax_ends.set_title("Both ends, certified: one dot per mini-batch", fontsize=10)
+    ax_ends.legend(fontsize=8.5)
+
+
 def shade_units(ax: Axes, units: Sequence[Any]) -> None:
     """Park & Kim's shading on a plot against normalised depth: MSA units grey, subsampling blue.
 
-    ``units`` have ``kind``, ``stage`` and ``depth`` (e.g. :class:`lib.core.blocks.UnitInfo`). As in
+    ``units`` have ``kind``, ``stage`` and ``depth`` (e.g. :class:`lib.core.residual.UnitInfo`). As in
     Park & Kim's figures, a unit's band spans the segment of the curve that the unit produces:
     from the previous unit's point to its own (the first unit has no segment). A unit whose stage
     differs from its predecessor's (a pooling unit, or a strided first block) counts as subsampling.
@@ -168,7 +197,7 @@ def _unit_ticks(units: Sequence[Any], every: int = 1) -> tuple[list[int], list[s
 def similarity_heatmap(ax: Axes, matrix: np.ndarray, rows: Sequence[Any], cols: Sequence[Any],
                        title: str = "", vmin: float = 0.0, vmax: float = 1.0, colorbar: bool = True) -> Axes:
     """A units × units similarity matrix (e.g. CKA) with the first unit at the bottom left, as
-    Raghu et al. draw it. ``rows`` and ``cols`` are the units (:class:`lib.core.blocks.UnitInfo`): tick
+    Raghu et al. draw it. ``rows`` and ``cols`` are the units (:class:`lib.core.residual.UnitInfo`): tick
     labels name each unit's kind in the kind's colour, and lines mark where a stage starts."""
     matrix = np.asarray(matrix, dtype=float)
     if matrix.shape != (len(rows), len(cols)):

@@ -214,7 +214,7 @@ def _train(model_name: str, dataset: str, subset: float | None, recipe: Recipe, 
 
     torch.manual_seed(seed)
     model = models.build(model_name, **build_kwargs).to(device)
-    models.set_fused_attn(model, True)  # fast path for first-order training
+    models.use_fused_attention(model, True)  # fast path for first-order training
     channels_last = model_name in CHANNELS_LAST_MODELS
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

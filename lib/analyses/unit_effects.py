@@ -1,4 +1,5 @@
-"""Unit outputs, feature-map variance and the lesion study, on the residual units of :mod:`lib.core.blocks`.
+"""What each residual unit does to its stream: unit outputs, feature-map variance, the lesion study
+and skip-connection ratios, on the residual units of :mod:`lib.core.residual`.
 
 Park & Kim (2022) walk a model unit by unit: Fig. 6 measures how much each unit's output varies
 over space (MSAs reduce the variance, convolutions and MLPs increase it), Fig. 7 removes one
@@ -9,27 +10,33 @@ The raw variance grows with the scale of the residual stream, so beside it this 
 scale-free version (:func:`relative_variance`: the spatial variance of a map as a share of its mean
 square) and the mean square itself. The lesion study keeps every test image's outcome, clean and
 lesioned, so that the chapters can compare lesions with paired intervals over images.
+
+**Skip connections** (Raghu et al. 2021, :func:`skip_ratios`): for a residual unit ``z + f(z)``,
+the ratio ``‖z‖ / ‖f(z)‖`` per token (or per feature-map position), the CLS token apart from the
+spatial ones: how much of the unit's output is just its input passed on, where a lesion asks what
+is lost without ``f``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..core import blocks as blocks_lib
-from ..core.blocks import UnitInfo
-from ..core import data
-from ..core.running import analysis_device, progress_bar, runs_in_eval_mode
+from ..core import data, residual
+from ..core.metrics import per_image_outcomes
+from ..core.residual import UnitInfo
+from ..core.running import analysis_device, check_positive_int, progress_bar, runs_in_eval_mode
 
 
 def unit_roles(units: list) -> list[str]:
     """What each unit does, for per-kind tables: its ``kind``, or ``"subsampling"`` where it starts
     a new stage (its input and output differ in resolution, so its change is not the kind's).
 
-    ``units`` are :class:`lib.core.blocks.UnitInfo` or anything else with ``kind`` and ``stage`` (e.g.
+    ``units`` are :class:`lib.core.residual.UnitInfo` or anything else with ``kind`` and ``stage`` (e.g.
     :class:`lib.analyses.fourier.UnitProfile`); the first unit keeps its kind.
     """
     return [u.kind if i == 0 or u.stage == units[i - 1].stage else "subsampling" for i, u in enumerate(units)]
@@ -41,13 +48,13 @@ def unit_outputs(model: nn.Module, x: torch.Tensor, device: str | torch.device |
                  ) -> list[tuple[UnitInfo, torch.Tensor]]:
     """Every spatial unit's output on ``x`` as a map ``(B, C, H, W)`` on the CPU.
 
-    Token outputs are reshaped to their grid with the CLS token dropped (:func:`blocks.as_grid`);
+    Token outputs are reshaped to their grid with the CLS token dropped (:func:`residual.as_grid`);
     the head, whose output has no spatial extent, is left out. The model runs in eval mode.
     """
     device = analysis_device(model, device)
-    units = blocks_lib.blocks(model)
-    _, outs = blocks_lib.run_blocks(units, x.to(device), keep=True)
-    return [(unit.info, blocks_lib.as_grid(out).float().cpu())
+    units = residual.units(model)
+    _, outs = residual.run_units(units, x.to(device), keep=True)
+    return [(unit.info, residual.as_grid(out).float().cpu())
             for unit, out in zip(units, outs) if unit.kind != "head"]
 
 
@@ -217,7 +224,7 @@ def lesion_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
     if len(y) == 0:
         raise ValueError("x holds no images")
     device = analysis_device(model, device)
-    units = blocks_lib.blocks(model)
+    units = residual.units(model)
     infos = [u.info for u in units]
     lesionable = [i for i, u in enumerate(units) if u.residual]
     n = len(y)
@@ -225,21 +232,16 @@ def lesion_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
     loss = np.full((len(units), n), np.nan)
     clean_correct, clean_loss = np.empty(n), np.empty(n)
 
-    def outcome(logits: torch.Tensor, yb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        logits = logits.float()
-        return ((logits.argmax(1) == yb).double().cpu().numpy(),
-                F.cross_entropy(logits, yb, reduction="none").double().cpu().numpy())
-
     batches = list(data.iterate_batches(x, y, batch_size))
     start = 0
     for xb, yb in progress_bar(batches, desc="lesions", progress=progress):
         xb, yb = xb.to(device), yb.to(device)
         sl = slice(start, start + len(yb))
-        _, outs = blocks_lib.run_blocks(units, xb, keep=True)
-        clean_correct[sl], clean_loss[sl] = outcome(outs[-1], yb)
+        _, outs = residual.run_units(units, xb, keep=True)
+        clean_loss[sl], clean_correct[sl] = per_image_outcomes(outs[-1], yb)
         for i in lesionable:
             h = xb if i == 0 else outs[i - 1]  # the unit's input, passed through unchanged
-            correct[i, sl], loss[i, sl] = outcome(blocks_lib.run_blocks(units[i + 1:], h), yb)
+            loss[i, sl], correct[i, sl] = per_image_outcomes(residual.run_units(units[i + 1:], h), yb)
         start += len(yb)
     baseline = 100.0 * clean_correct.mean()
     accuracy = np.full(len(units), np.nan)
@@ -248,14 +250,36 @@ def lesion_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
                   clean_correct=clean_correct, correct=correct, clean_loss=clean_loss, loss=loss)
 
 
-def block_name(unit: UnitInfo) -> str:
-    """The block a unit belongs to: its name up to the last dot (``"stage2.1.msa"`` → ``"stage2.1"``).
+@torch.no_grad()
+@runs_in_eval_mode
+def logits_without(model: nn.Module, x: torch.Tensor, removed: Iterable[str], batch_size: int = 500,
+                   device: str | torch.device | None = None) -> torch.Tensor:
+    """The logits of ``model`` on ``x`` with the residual units named in ``removed`` skipped at
+    once (each replaced by its identity shortcut, as a lesion replaces one), float32 on the CPU:
+    what a model loses without several units together, e.g. the blocks AlterNet replaces."""
+    units = residual.units(model)
+    removable = [u.name for u in units if u.residual]
+    removed = set(removed)
+    unknown = sorted(removed - set(removable))
+    if unknown:
+        raise ValueError(f"no removable residual unit named {', '.join(map(repr, unknown))}; "
+                         f"choose among {', '.join(removable)}")
+    check_positive_int(batch_size, "batch_size")
+    device = analysis_device(model, device)
+    kept = [u for u in units if u.name not in removed]
+    return torch.cat([residual.run_units(kept, xb.to(device)).float().cpu() for xb in x.split(batch_size)])
 
-    :mod:`lib.core.blocks` names the MSA and MLP units of one transformer block ``<block>.msa`` and
+
+def block_name(unit: UnitInfo | str) -> str:
+    """The block a unit (or a unit's name) belongs to: its name up to the last dot
+    (``"stage2.1.msa"`` → ``"stage2.1"``).
+
+    :mod:`lib.core.residual` names the MSA and MLP units of one transformer block ``<block>.msa`` and
     ``<block>.mlp``, and a ResNet's basic block ``<block>.conv``, so a block is one unit of a CNN
     and one MSA-MLP pair of a transformer.
     """
-    return unit.name.rsplit(".", 1)[0]
+    name = unit if isinstance(unit, str) else unit.name
+    return name.rsplit(".", 1)[0]
 
 
 def stage_blocks(units: list[UnitInfo]) -> list[list[list[int]]]:
@@ -339,3 +363,71 @@ def stage_contrast(lesion: Lesion, kind: str | None = None) -> StageContrast:
     as_columns = (lambda cols: np.stack(cols, axis=1) if cols else np.empty((n, 0)))
     return StageContrast(stages=stages, first_block=first_names, last_block=last_names,
                          first=as_columns(first), last=as_columns(last), blocks_per_stage=counts, kind=kind)
+
+
+# --- Skip connections ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SkipRatios:
+    """``‖z‖ / ‖f(z)‖`` for every residual unit ``z + f(z)`` of a model.
+
+    ``spatial[i, u]`` is image i's mean over spatial tokens (or feature-map positions) of unit u's
+    ratio, each token's norm taken over its channels; ``cls[i, u]`` the CLS token's ratio (``None``
+    for models without one).
+    """
+
+    units: tuple[UnitInfo, ...]
+    spatial: np.ndarray
+    cls: np.ndarray | None
+
+    @property
+    def spatial_mean(self) -> np.ndarray:
+        return self.spatial.mean(axis=0)
+
+    @property
+    def cls_mean(self) -> np.ndarray | None:
+        return None if self.cls is None else self.cls.mean(axis=0)
+
+
+@torch.no_grad()
+@runs_in_eval_mode
+def skip_ratios(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
+                device: str | torch.device | None = None, progress: bool = False) -> SkipRatios:
+    """Skip-connection ratios of every residual unit of ``model`` on the images ``x``.
+
+    Token models (``(B, N, D)`` between units) have their CLS token first (:mod:`lib.core.residual`); the
+    grid is the last ``side²`` tokens. Feature maps ``(B, C, H, W)`` have no CLS token.
+    """
+    check_positive_int(batch_size, "batch_size")
+    device = analysis_device(model, device)
+    units = residual.units(model)
+    skippable = [i for i, u in enumerate(units) if u.residual]
+    if not skippable:
+        raise ValueError(f"{type(model).__name__} has no residual units")
+    spatial, cls = [], []
+    parts = x.split(batch_size)
+    for xb in progress_bar(parts, total=len(parts), desc="skip ratios", progress=progress):
+        z = xb.to(device)
+        s_rows, c_rows = [], []
+        for i, unit in enumerate(units):
+            if i in skippable:
+                ratio = _token_norms(z) / _token_norms(unit.module.branch(z)).clamp_min(1e-12)
+                if z.ndim == 3:
+                    side = math.isqrt(z.shape[1])
+                    prefix = z.shape[1] - side * side
+                    s_rows.append(ratio[:, prefix:].mean(dim=1))
+                    c_rows.append(ratio[:, 0] if prefix else None)
+                else:
+                    s_rows.append(ratio.flatten(1).mean(dim=1))
+                    c_rows.append(None)
+            z = unit(z)
+        spatial.append(torch.stack(s_rows, dim=1).double().cpu())
+        if all(c is not None for c in c_rows):
+            cls.append(torch.stack(c_rows, dim=1).double().cpu())
+    return SkipRatios(tuple(units[i].info for i in skippable), torch.cat(spatial).numpy(),
+                      torch.cat(cls).numpy() if len(cls) == len(spatial) else None)
+
+
+def _token_norms(z: torch.Tensor) -> torch.Tensor:
+    """The norm over channels of every token ``(B, N)`` or every map position ``(B, H, W)``."""
+    return z.float().norm(dim=-1) if z.ndim == 3 else z.float().norm(dim=1)

@@ -1,7 +1,7 @@
 """Every zoo model as a sequence of residual units.
 
 Park & Kim walk a network as ``[embed, unit, unit, ..., head]``: one unit per MSA and per MLP
-sub-layer in a transformer, one per basic block in a ResNet. :func:`blocks` returns exactly that
+sub-layer in a transformer, one per basic block in a ResNet. :func:`units` returns exactly that
 list for any zoo model, and applying the units in order reproduces ``model(x)`` bit for bit (the
 units call the model's own sub-modules in the model's own order). Fourier analysis, feature-map
 variance, lesions, CKA and the shading of plots all walk this one list.
@@ -32,7 +32,7 @@ KINDS: tuple[str, ...] = ("embed", "conv", "msa", "mlp", "pool", "head")
 class UnitInfo:
     """Where a unit sits in its model and what it is.
 
-    ``index`` is its position in :func:`blocks`; ``kind`` one of :data:`KINDS`; ``stage`` counts
+    ``index`` is its position in :func:`units`; ``kind`` one of :data:`KINDS`; ``stage`` counts
     resolution stages from 0 (the embedding is in stage 0, the head in the last stage); ``depth``
     is the normalised depth ``index / (number of units - 1)``, 0 for the embedding and 1 for the
     head (what Park & Kim plot against). ``residual`` is True when the unit computes
@@ -63,7 +63,7 @@ class AboutUnit:
 
 
 @dataclass(frozen=True)
-class Block(AboutUnit):
+class Unit(AboutUnit):
     """One unit of a model: its :class:`UnitInfo` and the module that computes it."""
 
     info: UnitInfo
@@ -75,7 +75,7 @@ class Block(AboutUnit):
 
 @dataclass(frozen=True)
 class _Part:
-    """A unit before its position is known (the builders list these; :func:`blocks` numbers them)."""
+    """A unit before its position is known (the builders list these; :func:`units` numbers them)."""
 
     name: str
     kind: str
@@ -84,7 +84,7 @@ class _Part:
     residual: bool = False
 
 
-class _Unit(nn.Module):
+class _View(nn.Module):
     """A view onto sub-modules of a model.
 
     A unit registers exactly the sub-modules and parameters it uses (the same objects as the
@@ -96,7 +96,7 @@ class _Unit(nn.Module):
         object.__setattr__(self, name, obj)  # a plain attribute: not a registered sub-module
 
 
-class _NormalizedStem(_Unit):
+class _NormalizedStem(_View):
     def __init__(self, model: Classifier):
         super().__init__()
         self.normalize, self.stem = model.normalize, model.net.stem
@@ -105,7 +105,7 @@ class _NormalizedStem(_Unit):
         return self.stem(self.normalize(x))
 
 
-class _ResNetHead(_Unit):
+class _ResNetHead(_View):
     def __init__(self, net: PreActResNet):
         super().__init__()
         self.norm, self.head = net.norm, net.head
@@ -115,7 +115,7 @@ class _ResNetHead(_Unit):
         return self._net.forward_head(x)
 
 
-class _ConvUnit(_Unit):
+class _ConvUnit(_View):
     """A pre-activation block; with an identity shortcut it computes ``x + branch(x)``."""
 
     def __init__(self, block: nn.Module):
@@ -132,7 +132,7 @@ class _ConvUnit(_Unit):
         return self.block(x)
 
 
-class _TokenResidual(_Unit):
+class _TokenResidual(_View):
     """One pre-norm transformer sub-layer: ``x + drop_path(ls(fn(norm(x))))``."""
 
     def __init__(self, norm: nn.Module, fn: nn.Module, ls: nn.Module, drop_path: nn.Module):
@@ -153,7 +153,7 @@ def _transformer_units(block: nn.Module, prefix: str, stage: int) -> list[_Part]
             _Part(f"{prefix}.mlp", "mlp", mlp, stage, True)]
 
 
-class _ViTEmbed(_Unit):
+class _ViTEmbed(_View):
     """Normalisation, patch embedding, CLS token and position embedding (timm's own code path)."""
 
     def __init__(self, model: Classifier):
@@ -169,7 +169,7 @@ class _ViTEmbed(_Unit):
         return v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(self.normalize(x)))))
 
 
-class _ViTHead(_Unit):
+class _ViTHead(_View):
     def __init__(self, vit: nn.Module):
         super().__init__()
         self.norm, self.fc_norm, self.head = vit.norm, vit.fc_norm, vit.head
@@ -179,7 +179,7 @@ class _ViTHead(_Unit):
         return self._vit.forward_head(self._vit.norm(x))
 
 
-class _PiTEmbed(_Unit):
+class _PiTEmbed(_View):
     def __init__(self, model: Classifier):
         super().__init__()
         pit = model.net
@@ -193,7 +193,7 @@ class _PiTEmbed(_Unit):
         return self.norm(torch.cat((cls, grid.flatten(2).transpose(1, 2)), dim=1))
 
 
-class _PiTPool(_Unit):
+class _PiTPool(_View):
     """PiT's pooling between stages: depthwise strided conv on the grid, linear map on CLS."""
 
     def __init__(self, stage: nn.Module):
@@ -206,7 +206,7 @@ class _PiTPool(_Unit):
         return self.norm(torch.cat((cls, grid.flatten(2).transpose(1, 2)), dim=1))
 
 
-class _PiTHead(_Unit):
+class _PiTHead(_View):
     def __init__(self, pit: nn.Module):
         super().__init__()
         self.norm, self.head = pit.norm, pit.head
@@ -216,7 +216,7 @@ class _PiTHead(_Unit):
         return self._pit.forward_head(self._pit.norm(x[:, :1]))
 
 
-def _resnet_blocks(model: Classifier) -> list[_Part]:
+def _resnet_parts(model: Classifier) -> list[_Part]:
     net: PreActResNet = model.net
     out = [_Part("stem", "embed", _NormalizedStem(model), 0)]
     for s, stage in enumerate(net.stages):
@@ -227,7 +227,7 @@ def _resnet_blocks(model: Classifier) -> list[_Part]:
     return out
 
 
-def _vit_blocks(model: Classifier) -> list[_Part]:
+def _vit_parts(model: Classifier) -> list[_Part]:
     vit = model.net
     out = [_Part("embed", "embed", _ViTEmbed(model), 0)]
     for i, blk in enumerate(vit.blocks):
@@ -236,7 +236,7 @@ def _vit_blocks(model: Classifier) -> list[_Part]:
     return out
 
 
-def _pit_blocks(model: Classifier) -> list[_Part]:
+def _pit_parts(model: Classifier) -> list[_Part]:
     pit = model.net
     out = [_Part("embed", "embed", _PiTEmbed(model), 0)]
     for s, stage in enumerate(pit.transformers):
@@ -248,31 +248,31 @@ def _pit_blocks(model: Classifier) -> list[_Part]:
     return out
 
 
-def blocks(model: nn.Module) -> list[Block]:
+def units(model: nn.Module) -> list[Unit]:
     """The model as its sequence of residual units (see the module docstring).
 
     Raises ``TypeError`` for anything that is not a zoo :class:`~lib.core.models.Classifier`.
     """
     if not isinstance(model, Classifier):
-        raise TypeError(f"blocks() needs a zoo model built by lib.core.models.build, got {type(model).__name__}")
+        raise TypeError(f"units() needs a zoo model built by lib.core.models.build, got {type(model).__name__}")
     if isinstance(model.net, PreActResNet):
-        parts = _resnet_blocks(model)
+        parts = _resnet_parts(model)
     elif model.arch.startswith("vit"):
-        parts = _vit_blocks(model)
+        parts = _vit_parts(model)
     elif model.arch == "pit":
-        parts = _pit_blocks(model)
+        parts = _pit_parts(model)
     else:
-        raise TypeError(f"no block decomposition for architecture {model.arch!r}")
+        raise TypeError(f"no residual-unit decomposition for architecture {model.arch!r}")
     last = max(1, len(parts) - 1)
-    return [Block(UnitInfo(i, p.name, p.kind, p.stage, i / last, p.residual), p.module) for i, p in enumerate(parts)]
+    return [Unit(UnitInfo(i, p.name, p.kind, p.stage, i / last, p.residual), p.module) for i, p in enumerate(parts)]
 
 
 def unit_infos(model: nn.Module) -> list[UnitInfo]:
-    """The :class:`UnitInfo` of every unit of ``blocks(model)``, head included."""
-    return [b.info for b in blocks(model)]
+    """The :class:`UnitInfo` of every unit of ``units(model)``, head included."""
+    return [b.info for b in units(model)]
 
 
-def run_blocks(units: list[Block], x: torch.Tensor, keep: bool = False
+def run_units(units: list[Unit], x: torch.Tensor, keep: bool = False
                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Apply ``units`` in order; with ``keep=True`` also return every unit's output."""
     outputs = []

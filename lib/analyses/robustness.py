@@ -1,13 +1,11 @@
-"""Perturbing the input in the frequency domain: band-limited noise, and low-pass filtering.
+"""A model's accuracy under frequency-domain perturbations of its input, and how to read it.
 
-* **Robustness to band-limited noise** (Park & Kim 2022, Fig. 2b). :func:`band_noise` draws Park &
-  Kim's noise, ε·sign(N(0, 1)) per pixel (:func:`sign_noise`) filtered to a square annulus of
-  frequencies (:func:`band_filter`), or, on request, Gaussian noise rescaled to the same RMS in
-  every band; :func:`noise_robustness` measures accuracy with such noise added, band by band and
-  over several noise draws, and :func:`calibrate_eps` picks the one noise level used for all
+* **Robustness to band-limited noise** (Park & Kim 2022, Fig. 2b): :func:`noise_robustness`
+  measures accuracy with the noise of :func:`lib.analyses.filters.band_noise` added, band by band
+  and over several noise draws, and :func:`calibrate_eps` picks the one noise level used for all
   models. ViTs are said to be robust to high-frequency noise, CNNs not.
-* **Low-pass filtering** (Ghiasi et al. 2022): :func:`low_pass` removes every frequency above a
-  cutoff and :func:`low_pass_sweep` measures accuracy against the cutoff.
+* **Low-pass filtering** (Ghiasi et al. 2022): :func:`low_pass_sweep` measures accuracy against
+  the cutoff of :func:`lib.analyses.filters.low_pass`.
 * **Reading the per-image outcomes** that both measurements keep (``correct``):
   :func:`per_image_change` (points, per image), :func:`loss_shares` and :func:`band_share` (a
   model's profile across bands, normalised by its own size (unit L1 norm), so that models of different
@@ -15,202 +13,29 @@
   :func:`relative_accuracy` / :func:`relative_loss` (accuracy as a share of the clean accuracy).
   Each is a plain function of the rows, so a bootstrap over images can resample them.
 
-Frequencies, radii and the square annuli follow the conventions of :mod:`lib.analyses.fourier`. Models are
-evaluated with :func:`lib.core.metrics.evaluate` in eval mode; pixels are not clamped to [0, 1] after
-adding noise or filtering (clamping would rectify the noise on Fashion-MNIST's black background
-and move its energy to other frequencies). Random numbers come from CPU generators, so results do
-not depend on the device.
+Models are evaluated with :func:`lib.core.metrics.evaluate` in eval mode. Random numbers come from
+CPU generators, so results do not depend on the device.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..core.metrics import evaluate_per_image
-from ..core.running import check_positive_int, model_device, progress_bar
-from .fourier import CHUNK, TOL, radius
-
-#: Centres of the noise bands of Park & Kim's Fig. 2b, in units of π.
-BANDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+from ..core.running import check_images, check_labels, check_positive_int, moved_to, progress_bar
+from . import filters
+from .filters import check_eps, check_unit_interval
+from .fourier import TOL
 
 #: Default low-pass cutoffs, in units of π (1.0 keeps every frequency).
 CUTOFFS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
-#: The kinds of band-limited noise: Park & Kim's filtered sign noise (the default), and Gaussian
-#: noise rescaled to the same RMS in every band.
-NOISE_KINDS: tuple[str, ...] = ("sign", "gaussian_rms")
-
-
-# --------------------------------------------------------------------------------------------------
-# Band-limited noise (Park & Kim Fig. 2b)
-# --------------------------------------------------------------------------------------------------
-
-def _check_unit_interval(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{what} must be a number in [0, 1] (units of π), got {value!r}")
-    return float(value)
-
-
-def _check_band(band_center: object, width: object) -> tuple[float, float]:
-    center = _check_unit_interval(band_center, "band_center")
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 2:
-        raise ValueError(f"width must be a number in (0, 2] (units of π), got {width!r}")
-    return center, float(width)
-
-
-def band_mask(h: int, w: int, band_center: float, width: float = 0.1) -> Tensor:
-    """Which bins of an ``h × w`` FFT lie in the band: a square annulus of frequencies.
-
-    True where the Chebyshev radius (:func:`radius`, units of π) lies in
-    ``[band_center − width/2, band_center + width/2]`` (edges inclusive). The mask is symmetric
-    under ``f → −f``, so filtering a real signal with it gives a real signal. Returned in
-    ``torch.fft.fft2`` order (``torch.fft.fftshift`` it to draw it), boolean ``(h, w)``.
-
-    On a 28×28 image the radii are multiples of 1/14, so a band of width 0.1 holds one or two
-    rings of bins (0.5π: one ring of 56 bins; 0.1π: radii 1/14 and 2/14, 24 bins).
-
-    Raises:
-        ValueError: ``band_center`` outside [0, 1], ``width`` outside (0, 2], or no bin of this
-            grid in the band (the grid is too coarse for it).
-    """
-    check_positive_int(h, "h")
-    check_positive_int(w, "w")
-    center, width = _check_band(band_center, width)
-    r = radius(h, w)
-    mask = (r >= center - width / 2 - TOL) & (r <= center + width / 2 + TOL)
-    if not mask.any():
-        radii = sorted({round(v, 4) for v in r.flatten().tolist()})
-        raise ValueError(f"no frequency of a {h}×{w} grid lies in the band {center:g} ± {width / 2:g} (units of "
-                         f"π); its radii are {radii}: widen the band or move its centre")
-    return mask
-
-
-def _check_kind(kind: object) -> str:
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"kind must be one of {NOISE_KINDS}, got {kind!r}")
-    return kind
-
-
-def band_filter(x: Tensor, mask: Tensor) -> Tensor:
-    """``x`` ``(..., H, W)`` with every frequency outside ``mask`` removed, in float64 on ``x``'s device.
-
-    ``ifft2(fft2(x) · mask)``, whose real part is returned: for a mask symmetric under ``f → −f``
-    (every :func:`band_mask` is) the imaginary part is rounding only, so the result is the real
-    signal with exactly the frequencies of ``mask``. Chunked along the first axis (bounds the
-    complex temporaries).
-    """
-    if not isinstance(x, Tensor) or x.ndim < 2 or x.is_complex():
-        raise ValueError(f"x must be a real tensor (..., H, W), got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(x.shape[-2:]):
-        raise ValueError(f"mask must be a tensor of shape {tuple(x.shape[-2:])} (the last two dims of x), got "
-                         f"{tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
-    mask = mask.to(x.device)
-    chunks = x.split(CHUNK) if x.ndim > 2 else [x]
-    return torch.cat([torch.fft.ifft2(torch.fft.fft2(c.to(torch.float64)) * mask).real for c in chunks])
-
-
-def _signs(white: Tensor) -> Tensor:
-    """``+1`` where ``white >= 0``, ``-1`` elsewhere (float64): ``sign`` without its zeros."""
-    return torch.where(white >= 0, 1.0, -1.0).to(torch.float64)
-
-
-def _unit_band(white: Tensor, mask: Tensor, kind: str) -> Tensor:
-    """The band noise of :func:`band_noise` at ``eps = 1`` (float64), from a standard normal draw.
-
-    ``"sign"``: ``sign(white)`` filtered to ``mask``; ``"gaussian_rms"``: ``white`` filtered to
-    ``mask`` and rescaled to RMS 1 per image. Both scale linearly with ε, so one draw serves
-    every noise level.
-    """
-    if kind == "sign":
-        return band_filter(_signs(white), mask)
-    filtered = band_filter(white, mask)
-    return filtered / filtered.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
-
-
-def _check_cpu_generator(generator: torch.Generator | None) -> None:
-    if generator is not None and generator.device.type != "cpu":
-        raise ValueError(f"generator must be a CPU torch.Generator (noise is drawn on the CPU so that it does "
-                         f"not depend on the device), got one on {generator.device.type!r}")
-
-
-def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    shape = tuple(shape)
-    if len(shape) != 4 or not all(isinstance(s, int) and s > 0 for s in shape):
-        raise ValueError(f"shape must be (N, C, H, W) with positive integer sizes, got {shape}")
-    return shape
-
-
-def sign_noise(shape: Sequence[int], eps: float = 0.1, generator: torch.Generator | None = None) -> Tensor:
-    """Park & Kim's unfiltered noise: ``eps · sign(N(0, 1))`` per pixel, every entry ``±eps`` (float64, CPU).
-
-    Drawn as ``torch.randn(shape, generator=generator)`` (float32, CPU generator) with ``+eps``
-    where the draw is ``>= 0`` and ``-eps`` elsewhere. :func:`band_noise` with ``kind="sign"``
-    filters exactly this draw (same generator state) to a band.
-
-    Raises:
-        ValueError: ``shape`` not 4-D with positive sizes, ``eps`` negative, a non-CPU generator.
-    """
-    shape = _check_shape(shape)
-    eps = _check_eps(eps)
-    _check_cpu_generator(generator)
-    return eps * _signs(torch.randn(shape, generator=generator, dtype=torch.float32))
-
-
-def band_noise(shape: Sequence[int], band_center: float, width: float = 0.1, eps: float = 0.1,
-               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-               device: str | torch.device | None = None, kind: str = "sign") -> Tensor:
-    """Noise confined to a band of frequencies (Park & Kim Fig. 2b), ``shape`` ``(N, C, H, W)``.
-
-    A standard normal tensor is drawn (float32, on the CPU, from ``generator``, a CPU
-    ``torch.Generator``; ``None``: the global generator) and then, by ``kind``:
-
-    * ``"sign"`` (default, Park & Kim's noise): ``eps · sign`` of the draw (:func:`sign_noise`,
-      every entry ``±eps``) is filtered to the bins of :func:`band_mask` ``(H, W, band_center,
-      width)`` by :func:`band_filter`. It is *not* rescaled: a band holding ``k`` of the ``H·W``
-      bins keeps about ``k / (H·W)`` of the sign noise's energy ``eps²`` per pixel, so on 28×28 the
-      band at 0.9π (200 bins) carries about eight times the energy of the band at 0.1π (24 bins).
-    * ``"gaussian_rms"``: the draw itself is filtered to the band and each image rescaled so that
-      its root-mean-square over its ``C·H·W`` values is exactly ``eps``: the same energy in every
-      band, so that differences between bands come from the frequencies alone.
-
-    ``eps`` is in pixel units of images in [0, 1] (Fashion-MNIST's pixel standard deviation is
-    about 0.35). The result is real (the band is symmetric) and returned as ``dtype`` on ``device``.
-    :func:`noise_robustness` with seed ``s`` adds exactly ``band_noise(x.shape, b, width, eps,
-    generator=torch.Generator().manual_seed(s), kind=kind)`` in band ``b`` (draw ``d`` uses seed
-    ``s + d``).
-
-    Raises:
-        ValueError: ``shape`` is not 4-D with positive sizes, bad band (see :func:`band_mask`),
-            ``eps`` negative, an unknown ``kind`` or a generator that is not on the CPU.
-    """
-    shape = _check_shape(shape)
-    eps = _check_eps(eps)
-    kind = _check_kind(kind)
-    _check_cpu_generator(generator)
-    mask = band_mask(shape[2], shape[3], band_center, width)
-    white = torch.randn(shape, generator=generator, dtype=torch.float32)
-    return (eps * _unit_band(white, mask, kind)).to(device=device, dtype=dtype)
-
-
-def _check_eps(eps: object) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0 (noise amplitude in pixel units), got {eps!r}")
-    return float(eps)
-
-
-def _check_xy(x: object, y: object) -> None:
-    if not isinstance(x, Tensor) or x.ndim != 4:
-        raise ValueError(f"x must be a batch of images (N, C, H, W), got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-    if not isinstance(y, Tensor) or y.ndim != 1 or len(y) != len(x) or len(y) == 0:
-        raise ValueError(f"y must be a 1-D tensor of labels, one per image of x ({len(x)}), got "
-                         f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
 
 
 def _check_values(values: Iterable[float], what: str) -> np.ndarray:
@@ -224,32 +49,18 @@ def _check_values(values: Iterable[float], what: str) -> np.ndarray:
     return arr
 
 
-class _Evaluator:
-    """Accuracy and NLL of a model on perturbed copies of ``(x, y)``, on one device.
-
-    Moves the model to ``device`` (if given) on entry and back on exit; evaluation itself is
-    :func:`lib.core.metrics.evaluate` (eval mode, the model's mode restored, bf16 autocast on CUDA).
-    """
-
-    def __init__(self, model: nn.Module, y: Tensor, batch_size: int, device: str | torch.device | None):
-        check_positive_int(batch_size, "batch_size")
-        self.model, self.y, self.batch_size = model, y, batch_size
-        self.home = model_device(model)
-        self.device = self.home if device is None else torch.device(device)
-        self.moved = device is not None
-
-    def __enter__(self) -> _Evaluator:
-        if self.moved:
-            self.model.to(self.device)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.moved:
-            self.model.to(self.home)
-
-    def __call__(self, x: Tensor) -> tuple[float, float, np.ndarray]:
-        result = evaluate_per_image(self.model, x, self.y, batch_size=self.batch_size, device=self.device)
-        return result["acc"], result["nll"], result["correct"]
+@contextmanager
+def _evaluator(model: nn.Module, y: Tensor, batch_size: int, device: str | torch.device | None
+               ) -> Iterator[Callable[[Tensor], tuple[float, float, np.ndarray]]]:
+    """``run(x)``: accuracy, NLL and per-image correctness of ``model`` on perturbed images ``x``
+    with the labels ``y``, by :func:`lib.core.metrics.evaluate_per_image` (eval mode, the model's
+    mode restored), on ``device`` (the model moved there and back, :func:`lib.core.running.moved_to`)."""
+    check_positive_int(batch_size, "batch_size")
+    with moved_to(model, device) as target:
+        def run(x: Tensor) -> tuple[float, float, np.ndarray]:
+            result = evaluate_per_image(model, x, y, batch_size=batch_size, device=target)
+            return result["acc"], result["nll"], result["correct"]
+        yield run
 
 
 def _noisy(x: Tensor, unit_noise: Tensor, eps: float) -> Tensor:
@@ -281,7 +92,7 @@ class NoiseRobustness(_ChangeFromClean):
     """Accuracy under band-limited noise, one entry per band (Park & Kim Fig. 2b).
 
     ``acc`` (%) and ``nll`` (mean cross-entropy) with noise of amplitude ``eps`` and ``kind`` (see
-    :func:`band_noise`) in the band centred on ``bands[i]`` (units of π, ``width`` wide) added to
+    :func:`lib.analyses.filters.band_noise`) in the band centred on ``bands[i]`` (units of π, ``width`` wide) added to
     every image, averaged over ``draws`` noise draws seeded ``seed, seed + 1, …``;
     ``acc_per_draw`` ``(draws, len(bands))`` keeps each draw's accuracy. ``clean_acc`` and
     ``clean_nll`` without noise, on the same ``n_images`` images. ``correct[:, 1 + i]`` is, per
@@ -310,7 +121,7 @@ def _sweep(model: nn.Module, x: Tensor, y: Tensor, perturbed: list[Callable[[], 
     ``x`` (made one at a time by the callables, so only one is in memory): the fields ``clean_acc``,
     ``clean_nll``, ``acc``, ``nll`` and ``correct`` (per image, clean first) of the results."""
     acc, nll, correct = [], [], []
-    with _Evaluator(model, y, batch_size, device) as run:
+    with _evaluator(model, y, batch_size, device) as run:
         bar = progress_bar(total=1 + len(perturbed), desc=desc, unit="eval", progress=progress)
         try:
             clean_acc, clean_nll, clean_correct = run(x)
@@ -336,7 +147,7 @@ def _draw_whites(shape: tuple[int, ...], seed: int, draws: int) -> list[Tensor]:
             for d in range(draws)]
 
 
-def noise_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, bands: Iterable[float] = BANDS,
+def noise_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, bands: Iterable[float] = filters.BANDS,
                      width: float = 0.1, batch_size: int = 256, seed: int = 0,
                      device: str | torch.device | None = None, progress: bool = False, *, draws: int = 1,
                      kind: str = "sign") -> NoiseRobustness:
@@ -344,7 +155,7 @@ def noise_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, bands: 
 
     For each of ``draws`` draws ``d`` one standard normal tensor the shape of ``x`` is drawn from
     ``torch.Generator().manual_seed(seed + d)`` and turned into each band's noise in turn (see
-    :func:`band_noise`, which gives the same noise), so every band and every model sees the same
+    :func:`lib.analyses.filters.band_noise`, which gives the same noise), so every band and every model sees the same
     underlying random numbers: compare models with the same ``seed``, ``draws``, ``eps``, ``kind``
     and images, and the comparison is paired over images and draws. Noisy images are not clamped
     to [0, 1]. The clean accuracy is measured the same way (with ``eps = 0`` every band
@@ -353,25 +164,26 @@ def noise_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, bands: 
     Args:
         eps: noise amplitude in pixel units: the ±ε of the sign noise before filtering (default
             ``kind``), or the RMS per image for ``kind="gaussian_rms"``. See :func:`calibrate_eps`.
-        bands: band centres in units of π (default :data:`BANDS`, 0.1 … 0.9).
+        bands: band centres in units of π (default :data:`lib.analyses.filters.BANDS`, 0.1 … 0.9).
         width: band width in units of π (Park & Kim: 0.1).
         batch_size: images per forward pass.
         seed: seeds the first noise draw; draw ``d`` uses ``seed + d``.
         device: where to evaluate (``None``: where the model is; otherwise it is moved there and back).
         progress: show a tqdm bar over the evaluations (on stderr).
         draws: independent noise draws (costs ``1 + draws · len(bands)`` evaluations of ``x``).
-        kind: ``"sign"`` (Park & Kim) or ``"gaussian_rms"`` (see :func:`band_noise`).
+        kind: ``"sign"`` (Park & Kim) or ``"gaussian_rms"`` (see :func:`lib.analyses.filters.band_noise`).
 
     Raises:
         ValueError: bad shapes, ``eps``, bands, ``width``, ``batch_size``, ``draws`` or ``kind``.
     """
-    _check_xy(x, y)
-    eps = _check_eps(eps)
-    kind = _check_kind(kind)
+    check_images(x)
+    check_labels(x, y)
+    eps = check_eps(eps)
+    kind = filters.check_noise_kind(kind)
     centres = _check_values(bands, "bands")
-    masks = [band_mask(x.shape[2], x.shape[3], float(b), width) for b in centres]
+    masks = [filters.band_mask(x.shape[2], x.shape[3], float(b), width) for b in centres]
     whites = _draw_whites(tuple(x.shape), seed, draws)
-    perturbed = [lambda mask=mask, white=white: _noisy(x, _unit_band(white, mask, kind), eps)
+    perturbed = [lambda mask=mask, white=white: _noisy(x, filters.unit_band_noise(white, mask, kind), eps)
                  for mask in masks for white in whites]  # band-major: band i, draw d at i * draws + d
     evaluated = _sweep(model, x, y, perturbed, batch_size, device, progress, "band noise")
     per_draw = evaluated["acc"].reshape(len(centres), draws)
@@ -402,7 +214,7 @@ class Calibration:
 
 
 def calibrate_eps(model: nn.Module, x: Tensor, y: Tensor, target_drop: float = 10.0,
-                  bands: Iterable[float] = BANDS, width: float = 0.1, eps_max: float = 1.0, steps: int = 8,
+                  bands: Iterable[float] = filters.BANDS, width: float = 0.1, eps_max: float = 1.0, steps: int = 8,
                   batch_size: int = 256, seed: int = 0, device: str | torch.device | None = None,
                   progress: bool = False, *, draws: int = 1, kind: str = "sign") -> Calibration:
     """One noise level for all models: the ε at which the worst band costs a reference model
@@ -427,19 +239,20 @@ def calibrate_eps(model: nn.Module, x: Tensor, y: Tensor, target_drop: float = 1
             ``draws`` not a positive integer, an unknown ``kind``, or ``eps_max`` too small to
             reach the target.
     """
-    _check_xy(x, y)
+    check_images(x)
+    check_labels(x, y)
     if isinstance(target_drop, bool) or not isinstance(target_drop, (int, float)) or not 0 < target_drop <= 100:
         raise ValueError(f"target_drop must be in (0, 100] accuracy points, got {target_drop!r}")
     if isinstance(eps_max, bool) or not isinstance(eps_max, (int, float)) or not 0 < eps_max < math.inf:
         raise ValueError(f"eps_max must be a positive finite number, got {eps_max!r}")
     check_positive_int(steps, "steps")
-    kind = _check_kind(kind)
+    kind = filters.check_noise_kind(kind)
     centres = _check_values(bands, "bands")
-    masks = [band_mask(x.shape[2], x.shape[3], float(b), width) for b in centres]
+    masks = [filters.band_mask(x.shape[2], x.shape[3], float(b), width) for b in centres]
     whites = _draw_whites(tuple(x.shape), seed, draws)
-    unit = [[_unit_band(white, mask, kind) for white in whites] for mask in masks]
+    unit = [[filters.unit_band_noise(white, mask, kind) for white in whites] for mask in masks]
     history: list[tuple[float, float]] = []
-    with _Evaluator(model, y, batch_size, device) as run:
+    with _evaluator(model, y, batch_size, device) as run:
         bar = progress_bar(total=2 + steps, desc="calibrate eps", unit="eps", progress=progress)
         try:
             clean_acc = run(x)[0]
@@ -475,33 +288,9 @@ def calibrate_eps(model: nn.Module, x: Tensor, y: Tensor, target_drop: float = 1
 # Low-pass filtering (Ghiasi et al.)
 # --------------------------------------------------------------------------------------------------
 
-def low_pass(x: Tensor, cutoff: float) -> Tensor:
-    """Keep only the frequencies of ``x`` with Chebyshev radius ``<= cutoff·π``: an ideal filter.
-
-    ``x`` is ``(..., H, W)`` (images ``(N, C, H, W)``); each ``H × W`` map is transformed with a
-    2-D FFT in float64, every bin with :func:`radius` above ``cutoff`` is zeroed (the edge is
-    inclusive), and the inverse transform's real part (the mask is symmetric, so the imaginary
-    part is rounding only) is returned in ``x``'s dtype and device. ``cutoff = 1`` keeps every
-    frequency (the identity, up to rounding); ``cutoff = 0`` keeps only frequency 0, giving each
-    map's mean everywhere. The result is not clamped (an ideal filter rings, so values may leave
-    [0, 1]).
-
-    Raises:
-        ValueError: ``cutoff`` outside [0, 1] or ``x`` with fewer than 2 dims.
-    """
-    cutoff = _check_unit_interval(cutoff, "cutoff")
-    if not isinstance(x, Tensor) or x.ndim < 2 or x.is_complex():
-        raise ValueError(f"x must be a real tensor (..., H, W), got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-    h, w = x.shape[-2:]
-    keep = (radius(h, w) <= cutoff + TOL).to(x.device)
-    spectrum = torch.fft.fft2(x.to(torch.float64)) * keep
-    return torch.fft.ifft2(spectrum).real.to(x.dtype)
-
-
 @dataclass(frozen=True, eq=False)
 class LowPassSweep(_ChangeFromClean):
-    """Accuracy (%) and NLL after :func:`low_pass` at each cutoff (units of π), and without it."""
+    """Accuracy (%) and NLL after :func:`lib.analyses.filters.low_pass` at each cutoff (units of π), and without it."""
 
     cutoffs: np.ndarray
     acc: np.ndarray
@@ -517,7 +306,7 @@ def low_pass_sweep(model: nn.Module, x: Tensor, y: Tensor, cutoffs: Iterable[flo
                    progress: bool = False) -> LowPassSweep:
     """Accuracy of ``model`` on low-pass filtered images, cutoff by cutoff (Ghiasi et al. 2022).
 
-    Each cutoff filters every image with :func:`low_pass` (no clamping) and evaluates with
+    Each cutoff filters every image with :func:`lib.analyses.filters.low_pass` (no clamping) and evaluates with
     :func:`lib.core.metrics.evaluate`; the clean images are evaluated too. Ghiasi et al. find that
     removing high frequencies hurts a ResNet much more than a ViT. ``device`` and ``progress`` as
     in :func:`noise_robustness`.
@@ -525,9 +314,10 @@ def low_pass_sweep(model: nn.Module, x: Tensor, y: Tensor, cutoffs: Iterable[flo
     Raises:
         ValueError: bad shapes, cutoffs outside [0, 1], or a bad ``batch_size``.
     """
-    _check_xy(x, y)
+    check_images(x)
+    check_labels(x, y)
     values = _check_values(cutoffs, "cutoffs")
-    perturbed = [lambda c=c: low_pass(x, float(c)) for c in values]
+    perturbed = [lambda c=c: filters.low_pass(x, float(c)) for c in values]
     evaluated = _sweep(model, x, y, perturbed, batch_size, device, progress, "low-pass")
     return LowPassSweep(cutoffs=values, **evaluated, n_images=len(y))
 
@@ -601,7 +391,7 @@ def band_share(correct: np.ndarray, bands: Iterable[float], lo: float, hi: float
     centres = _check_values(bands, "bands")
     if len(centres) != len(shares):
         raise ValueError(f"bands must give one centre per perturbation column ({len(shares)}), got {len(centres)}")
-    lo, hi = _check_unit_interval(lo, "lo"), _check_unit_interval(hi, "hi")
+    lo, hi = check_unit_interval(lo, "lo"), check_unit_interval(hi, "hi")
     keep = (centres >= lo - TOL) & (centres <= hi + TOL)
     if lo > hi or not keep.any():
         raise ValueError(f"no band lies in [{lo:g}, {hi:g}]; the bands are {centres.tolist()}")
