@@ -57,9 +57,15 @@ test test-threads execute: export MKL_ENABLE_INSTRUCTIONS := AVX2
 # The library tests, the chapters re-executed and compared with their stored outputs (nbval),
 # one chapter run alone as on Colab (make colab-check runs them all), then the book built and
 # every page checked in a headless browser with no network.
+# The library tests run TEST_WORKERS at a time (pytest-xdist), each process on one thread: most
+# tests are too small to keep two threads busy, so two one-thread processes get through them
+# faster; test files are shared out whole (loadfile) and TEST_WORKERS=0 runs them in one process.
+# The chapters run one at a time on all the threads: their large tensors keep both cores busy, so
+# two one-thread kernels side by side are no faster than one two-thread kernel (measured).
 COLAB_TEST_CHAPTER := chapters/07_representations.ipynb
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 chapters
 	$(PY) tools/colab_check.py $(COLAB_TEST_CHAPTER)
 	$(MAKE) --no-print-directory browser-check
