@@ -22,15 +22,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # --- helpers -------------------------------------------------------------------------------------
 
-def build(name: str, seed: int = 0) -> models.Classifier:
-    torch.manual_seed(seed)
-    return models.build(name).eval()
-
-
-def images(n: int, seed: int = 0, size: int = 28) -> torch.Tensor:
-    return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
-
-
 def hand_tv_directions(img: np.ndarray) -> list[float]:
     """Mean absolute difference per direction (horizontal, vertical, diagonal, anti-diagonal) of a
     (C, H, W) image, by explicit loops over every neighbour pair."""
@@ -159,9 +150,9 @@ def test_visualise_climbs_a_smooth_objective_monotonically(tv_weight):
     np.testing.assert_allclose(h[-1], final.numpy(), rtol=1e-6, atol=1e-7)
 
 
-def test_visualise_raises_a_real_vit_neuron():
+def test_visualise_raises_a_real_vit_neuron(seeded_model):
     """visualise(neuron_objective(...)) on an untrained ViT ends with a higher activation than it starts with."""
-    vit = build("vit")
+    vit = seeded_model("vit")
     neurons = [Neuron("block0.mlp", 3), Neuron("block0.mlp", 10)]
     vis = featurevis.visualise(featurevis.neuron_objective(vit, neurons), 2, (1, 28, 28), steps=6, copies=2,
                                lr=0.05, tv_weight=0.0, seed=0)
@@ -261,9 +252,9 @@ def test_augment_rejects_negative_values(kwargs):
 
 # --- 6. augmentations ----------------------------------------------------------------------------
 
-def test_augment_without_anything_is_the_identity():
+def test_augment_without_anything_is_the_identity(random_images):
     """jitter=0, brightness=0, noise=0 returns the input exactly, at any progress."""
-    x = images(3, seed=1, size=9)
+    x = random_images(3, seed=1, size=9)
     for progress in (0.0, 0.4, 1.0):
         assert torch.equal(featurevis.NO_AUGMENT(x, progress, torch.Generator().manual_seed(0)), x)
 
@@ -283,9 +274,9 @@ def test_augment_jitter_is_a_circular_roll_within_range():
     assert len(shifts) > 3
 
 
-def test_augment_brightness_is_one_offset_per_image_within_range():
+def test_augment_brightness_is_one_offset_per_image_within_range(random_images):
     """Brightness alone adds one constant in ±brightness to every pixel of an image, different across images."""
-    x = images(8, seed=2, size=6)
+    x = random_images(8, seed=2, size=6)
     y = Augment(jitter=0, brightness=0.3, noise=0.0)(x, 0.0, torch.Generator().manual_seed(0))
     d = (y - x).flatten(1)
     torch.testing.assert_close(d, d[:, :1].expand_as(d), rtol=0, atol=1e-6)
@@ -293,9 +284,9 @@ def test_augment_brightness_is_one_offset_per_image_within_range():
     assert len(set(d[:, 0].tolist())) == 8
 
 
-def test_augment_noise_is_annealed_to_zero():
+def test_augment_noise_is_annealed_to_zero(random_images):
     """Noise of std s at progress 0, s/2 at progress 0.5 and none at progress 1 (input returned exactly)."""
-    x = images(2, seed=3, size=64)
+    x = random_images(2, seed=3, size=64)
     aug = Augment(jitter=0, brightness=0.0, noise=0.4)
     assert torch.equal(aug(x, 1.0, torch.Generator().manual_seed(0)), x)
     assert float((aug(x, 0.0, torch.Generator().manual_seed(0)) - x).std()) == pytest.approx(0.4, rel=0.05)
@@ -304,7 +295,7 @@ def test_augment_noise_is_annealed_to_zero():
 
 # --- 7. neuron activations against forward hooks -------------------------------------------------
 
-def test_neuron_units_are_the_block_names():
+def test_neuron_units_are_the_block_names(seeded_model):
     """Visualisable units: blocks()'s MLP units (ViTs, PiT) or conv units (ResNet, AlterNet), with widths."""
     expected = {
         "vit": {f"block{i}.mlp": 512 for i in range(6)},
@@ -315,7 +306,7 @@ def test_neuron_units_are_the_block_names():
         "alternet": {"stage1.0.conv": 40, "stage1.1.conv": 40, "stage2.0.conv": 80, "stage3.0.conv": 160},
     }
     for name, units in expected.items():
-        model = build(name)
+        model = seeded_model(name)
         names = [u.name for u in residual.units(model)]
         got = featurevis.neuron_units(model)
         assert {k: v[1] for k, v in got.items()} == units, name
@@ -323,10 +314,10 @@ def test_neuron_units_are_the_block_names():
 
 
 @pytest.mark.parametrize("block", [0, 3, 5])
-def test_vit_neuron_equals_the_hooked_gelu_mean_over_patch_tokens(block):
+def test_vit_neuron_equals_the_hooked_gelu_mean_over_patch_tokens(block, seeded_model, random_images):
     """ViT (block{i}.mlp, j) = mean over the 49 patch tokens (CLS left out) of blocks[i].mlp.act's channel j."""
-    vit = build("vit", seed=1)
-    x = images(3, seed=4)
+    vit = seeded_model("vit", seed=1)
+    x = random_images(3, seed=4)
     idx = [0, 77, 511]
     act = hooked(vit.net.blocks[block].mlp.act, lambda: vit(x))  # (B, 50, 512)
     assert act.shape == (3, 50, 512)
@@ -347,10 +338,10 @@ def test_vit_neuron_equals_the_hooked_gelu_mean_over_patch_tokens(block):
         np.testing.assert_allclose(m, maps[:, k].numpy(), rtol=1e-6, atol=1e-7)
 
 
-def test_neurons_of_several_units_in_one_pass_and_gradients_flow():
+def test_neurons_of_several_units_in_one_pass_and_gradients_flow(seeded_model, random_images):
     """Neurons of two ViT units at once match the hooks; the activations are differentiable in the images."""
-    vit = build("vit_local3", seed=2)
-    x = images(2, seed=5)
+    vit = seeded_model("vit_local3", seed=2)
+    x = random_images(2, seed=5)
     a1 = hooked(vit.net.blocks[1].mlp.act, lambda: vit(x))
     a4 = hooked(vit.net.blocks[4].mlp.act, lambda: vit(x))
     neurons = [Neuron("block4.mlp", 9), Neuron("block1.mlp", 400), Neuron("block4.mlp", 2)]
@@ -369,10 +360,10 @@ def test_neurons_of_several_units_in_one_pass_and_gradients_flow():
     ("alternet", "stage2.0.conv", [1, 60]),
     ("alternet", "stage3.0.conv", [100]),
 ])
-def test_resnet_neuron_equals_the_channel_mean_of_its_block(name, unit, channels):
+def test_resnet_neuron_equals_the_channel_mean_of_its_block(name, unit, channels, seeded_model, random_images):
     """ResNet/AlterNet (stage{s}.{b}.conv, c) = mean over positions of channel c of net.stages[s-1][b]'s output."""
-    model = build(name, seed=3)
-    x = images(3, seed=6)
+    model = seeded_model(name, seed=3)
+    x = random_images(3, seed=6)
     s, b = int(unit[5]), int(unit[7])
     out = hooked(model.net.stages[s - 1][b], lambda: model(x))
     neurons = [Neuron(unit, c) for c in channels]
@@ -387,10 +378,10 @@ def test_resnet_neuron_equals_the_channel_mean_of_its_block(name, unit, channels
 
 
 @pytest.mark.parametrize("stage, block, side", [(1, 1, 14), (2, 3, 7), (3, 0, 4)])
-def test_pit_neuron_equals_the_hooked_gelu_mean_over_its_stage_grid(stage, block, side):
+def test_pit_neuron_equals_the_hooked_gelu_mean_over_its_stage_grid(stage, block, side, seeded_model, random_images):
     """PiT (stage{s}.{i}.mlp, j) = patch-token mean of transformers[s-1].blocks[i].mlp.act; maps side x side."""
-    pit = build("pit", seed=4)
-    x = images(2, seed=7)
+    pit = seeded_model("pit", seed=4)
+    x = random_images(2, seed=7)
     act = hooked(pit.net.transformers[stage - 1].blocks[block].mlp.act, lambda: pit(x))
     assert act.shape[1] == 1 + side * side
     width = act.shape[2]
@@ -407,10 +398,10 @@ def test_pit_neuron_equals_the_hooked_gelu_mean_over_its_stage_grid(stage, block
     ("pit", ["stage1.0.mlp", "stage2.1.mlp", "stage3.1.mlp"], [14, 7, 4]),
     ("resnet", ["stage1.1.conv", "stage3.0.conv"], [28, 7]),
 ])
-def test_maps_of_different_stages(name, units, sides):
+def test_maps_of_different_stages(name, units, sides, seeded_model, random_images):
     """Neurons of different stages: spatial=True raises ValueError; activation_maps gives one array each."""
-    model = build(name)
-    x = images(2, seed=20)
+    model = seeded_model(name)
+    x = random_images(2, seed=20)
     neurons = [Neuron(u, 1) for u in units]
     with pytest.raises(ValueError, match="maps differ in size"):
         featurevis.neuron_activations(model, neurons, x, spatial=True)
@@ -423,14 +414,14 @@ def test_maps_of_different_stages(name, units, sides):
 
 # --- 8. unit and neuron errors -------------------------------------------------------------------
 
-def test_unknown_units_raise_and_list_the_valid_ones():
+def test_unknown_units_raise_and_list_the_valid_ones(seeded_model, random_images):
     """An MSA unit, the embedding or a made-up name raises ValueError listing the valid units."""
-    vit = build("vit")
+    vit = seeded_model("vit")
     listed = ", ".join(f"block{i}.mlp" for i in range(6))
     for unit in ("block0.msa", "embed", "block6.mlp", "nope"):
         with pytest.raises(ValueError, match=rf"unit '{unit}' has no neurons to visualise; choose one of {listed}"):
-            featurevis.neuron_activations(vit, [Neuron(unit, 0)], images(1))
-    alternet = build("alternet")
+            featurevis.neuron_activations(vit, [Neuron(unit, 0)], random_images(1))
+    alternet = seeded_model("alternet")
     with pytest.raises(ValueError, match=r"choose one of stage1\.0\.conv, stage1\.1\.conv, stage2\.0\.conv, "
                                          r"stage3\.0\.conv"):
         featurevis.neuron_objective(alternet, [Neuron("stage2.1.msa", 0)])
@@ -442,17 +433,17 @@ def test_unknown_units_raise_and_list_the_valid_ones():
     ("resnet", "stage2.0.conv", 80, r"stage2\.0\.conv has neurons 0\.\.79, got 80"),
     ("pit", "stage3.1.mlp", 640, r"stage3\.1\.mlp has neurons 0\.\.639, got 640"),
 ])
-def test_neuron_index_out_of_range_raises(name, unit, index, match):
+def test_neuron_index_out_of_range_raises(name, unit, index, match, seeded_model, random_images):
     """An index outside the unit's width raises ValueError naming the range and the index."""
-    model = build(name)
+    model = seeded_model(name)
     with pytest.raises(ValueError, match=match):
-        featurevis.neuron_activations(model, [Neuron(unit, 0), Neuron(unit, index)], images(1))
+        featurevis.neuron_activations(model, [Neuron(unit, 0), Neuron(unit, index)], random_images(1))
 
 
-def test_non_zoo_models_and_empty_neuron_lists_are_refused():
+def test_non_zoo_models_and_empty_neuron_lists_are_refused(seeded_model, random_images):
     """A plain nn.Module raises TypeError (every entry point); an empty neuron list raises ValueError."""
     plain = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    x = images(2)
+    x = random_images(2)
     for call in (lambda: featurevis.neuron_units(plain),
                  lambda: featurevis.neuron_activations(plain, [Neuron("block0.mlp", 0)], x),
                  lambda: featurevis.neuron_objective(plain, [Neuron("block0.mlp", 0)]),
@@ -462,7 +453,7 @@ def test_non_zoo_models_and_empty_neuron_lists_are_refused():
                  lambda: featurevis.cls_isolated(plain, 0).__enter__()):
         with pytest.raises(TypeError, match="zoo model built by lib.core.models.build"):
             call()
-    vit = build("vit")
+    vit = seeded_model("vit")
     for call in (lambda: featurevis.neuron_activations(vit, [], x), lambda: featurevis.neuron_objective(vit, [])):
         with pytest.raises(ValueError, match="at least one neuron"):
             call()
@@ -474,10 +465,10 @@ def test_non_zoo_models_and_empty_neuron_lists_are_refused():
     ("vit", [Neuron("block1.mlp", 5), Neuron("block3.mlp", 300)]),
     ("resnet", [Neuron("stage1.1.conv", 7), Neuron("stage3.1.conv", 150), Neuron("stage2.0.conv", 0)]),
 ])
-def test_top_images_are_the_k_largest_activations_across_batches(name, neurons):
+def test_top_images_are_the_k_largest_activations_across_batches(name, neurons, seeded_model, random_images):
     """Indices and values of the k largest activations equal an argsort over all images; batches of 3 concatenate."""
-    model = build(name, seed=5)
-    x = images(10, seed=8)
+    model = seeded_model(name, seed=5)
+    x = random_images(10, seed=8)
     with torch.no_grad():
         acts = featurevis.neuron_activations(model, neurons, x).numpy()  # one batch, eval mode
     idx, values = featurevis.top_images(model, neurons, x, k=4, batch_size=3)
@@ -492,10 +483,10 @@ def test_top_images_are_the_k_largest_activations_across_batches(name, neurons):
 
 
 @pytest.mark.parametrize("k", [0, 11, -1])
-def test_top_images_rejects_k_out_of_range(k):
+def test_top_images_rejects_k_out_of_range(k, seeded_model, random_images):
     """k outside [1, number of images] raises ValueError naming the range."""
     with pytest.raises(ValueError, match=rf"k must lie in \[1, 10\] \(the number of images\), got {k}"):
-        featurevis.top_images(build("vit"), [Neuron("block0.mlp", 0)], images(10), k=k)
+        featurevis.top_images(seeded_model("vit"), [Neuron("block0.mlp", 0)], random_images(10), k=k)
 
 
 # --- 10. neuron spread ---------------------------------------------------------------------------
@@ -505,10 +496,10 @@ def test_top_images_rejects_k_out_of_range(k):
     ("resnet", "stage2.1.conv", lambda m: m.net.stages[1][1]),
     ("pit", "stage2.0.mlp", lambda m: m.net.transformers[1].blocks[0].mlp.act),
 ])
-def test_neuron_spread_is_the_std_over_images_of_every_neuron(name, unit, module):
+def test_neuron_spread_is_the_std_over_images_of_every_neuron(name, unit, module, seeded_model, random_images):
     """neuron_spread(unit) = std over images (ddof 1) of each neuron's spatial mean, from hooks; batches of 3."""
-    model = build(name, seed=6)
-    x = images(7, seed=9)
+    model = seeded_model(name, seed=6)
+    x = random_images(7, seed=9)
     out = hooked(module(model), lambda: model(x))
     means = (out[:, 1:].mean(dim=1) if out.ndim == 3 else out.mean(dim=(2, 3))).double().numpy()
     got = featurevis.neuron_spread(model, unit, x, batch_size=3)
@@ -516,18 +507,18 @@ def test_neuron_spread_is_the_std_over_images_of_every_neuron(name, unit, module
     np.testing.assert_allclose(got, means.std(axis=0, ddof=1), rtol=1e-4, atol=1e-6)
 
 
-def test_neuron_spread_rejects_units_without_neurons():
+def test_neuron_spread_rejects_units_without_neurons(seeded_model, random_images):
     """A unit that is not visualisable raises ValueError listing the valid units."""
     with pytest.raises(ValueError, match="choose one of block0.mlp"):
-        featurevis.neuron_spread(build("vit"), "block0.msa", images(3))
+        featurevis.neuron_spread(seeded_model("vit"), "block0.msa", random_images(3))
 
 
 # --- 11. position probe --------------------------------------------------------------------------
 
-def test_position_probe_on_a_vit_names_shapes_and_above_chance():
+def test_position_probe_on_a_vit_names_shapes_and_above_chance(seeded_model, random_images):
     """Token units but the head are probed; correct is (units, 4, 49) of 0/1; embed is read far above chance."""
-    vit = build("vit")
-    probe = featurevis.position_probe(vit, images(6, seed=10), images(4, seed=11), steps=30)
+    vit = seeded_model("vit")
+    probe = featurevis.position_probe(vit, random_images(6, seed=10), random_images(4, seed=11), steps=30)
     expected = ["embed"] + [f"block{i}.{k}" for i in range(6) for k in ("msa", "mlp")]
     assert probe.names == expected
     assert probe.correct.shape == (13, 4, 49)
@@ -538,12 +529,12 @@ def test_position_probe_on_a_vit_names_shapes_and_above_chance():
     assert probe.accuracy[0] > 5 * 100 / 49
 
 
-def test_position_probe_reads_the_position_embedding_and_nothing_else():
+def test_position_probe_reads_the_position_embedding_and_nothing_else(seeded_model):
     """Constant images: tokens differ by the position embedding only: embed read perfectly; without it, chance."""
     g = torch.Generator().manual_seed(12)
     x_train = torch.rand(6, 1, 1, 1, generator=g).expand(6, 1, 28, 28).contiguous()
     x_test = torch.rand(4, 1, 1, 1, generator=g).expand(4, 1, 28, 28).contiguous()
-    vit = build("vit")
+    vit = seeded_model("vit")
     probe = featurevis.position_probe(vit, x_train, x_test, steps=30)
     assert probe.accuracy[0] == 100.0
     with torch.no_grad():
@@ -554,14 +545,14 @@ def test_position_probe_reads_the_position_embedding_and_nothing_else():
     assert blind.accuracy[0] == pytest.approx(100 / 49)
 
 
-def test_position_probe_on_pit_probes_the_last_stage_only():
+def test_position_probe_on_pit_probes_the_last_stage_only(seeded_model, random_images):
     """PiT: the last stage's units on the 4x4 grid (chance 1/16); the ResNet is refused."""
-    probe = featurevis.position_probe(build("pit"), images(3, seed=13), images(2, seed=14), steps=5)
+    probe = featurevis.position_probe(seeded_model("pit"), random_images(3, seed=13), random_images(2, seed=14), steps=5)
     assert probe.names == ["stage3.pool", "stage3.0.msa", "stage3.0.mlp", "stage3.1.msa", "stage3.1.mlp"]
     assert probe.correct.shape == (5, 2, 16)
     assert probe.chance == pytest.approx(1 / 16)
     with pytest.raises(ValueError, match="applies to vit, vit_local3, vit_local5 and pit"):
-        featurevis.position_probe(build("resnet"), images(2), images(2))
+        featurevis.position_probe(seeded_model("resnet"), random_images(2), random_images(2))
 
 
 # --- 12. CLS isolation ---------------------------------------------------------------------------
@@ -577,10 +568,10 @@ def test_cls_isolation_mask():
 
 
 @pytest.mark.parametrize("block", [0, 2, 5])
-def test_cls_isolated_attention_and_logits(block):
+def test_cls_isolated_attention_and_logits(block, seeded_model, random_images):
     """Inside: block b's CLS query puts exactly 1 on itself, earlier blocks unchanged; logits = hand-masked pass."""
-    vit = build("vit", seed=7)
-    x = images(3, seed=15)
+    vit = seeded_model("vit", seed=7)
+    x = random_images(3, seed=15)
     clean_maps, clean_logits = attention.attention_maps(vit, x)
     with featurevis.cls_isolated(vit, block) as m:
         assert m is vit
@@ -604,10 +595,10 @@ def test_cls_isolated_attention_and_logits(block):
     torch.testing.assert_close(manual_isolated_logits(vit, x, None), clean_logits, rtol=1e-5, atol=1e-6)
 
 
-def test_cls_isolated_fused_and_explicit_paths_agree():
+def test_cls_isolated_fused_and_explicit_paths_agree(seeded_model, random_images):
     """Fused attention: isolated logits equal the explicit path's (atol 1e-5) and differ from the clean ones."""
-    vit = build("vit", seed=8)
-    x = images(3, seed=16)
+    vit = seeded_model("vit", seed=8)
+    x = random_images(3, seed=16)
     with torch.no_grad():
         with featurevis.cls_isolated(vit, 3):
             explicit = vit(x)
@@ -621,10 +612,10 @@ def test_cls_isolated_fused_and_explicit_paths_agree():
     assert not torch.allclose(fused, clean_fused, atol=1e-4)
 
 
-def test_cls_isolated_removes_its_hook_also_after_an_error():
+def test_cls_isolated_removes_its_hook_also_after_an_error(seeded_model, random_images):
     """Leaving the context (normally or by an exception) restores the clean logits and leaves no hook behind."""
-    vit = build("vit", seed=9)
-    x = images(2, seed=17)
+    vit = seeded_model("vit", seed=9)
+    x = random_images(2, seed=17)
     attn = vit.net.blocks[1].attn
     with torch.no_grad():
         clean = vit(x)
@@ -640,10 +631,10 @@ def test_cls_isolated_removes_its_hook_also_after_an_error():
         assert torch.equal(vit(x), clean)
 
 
-def test_cls_isolated_in_the_last_block_changes_only_the_cls_row():
+def test_cls_isolated_in_the_last_block_changes_only_the_cls_row(seeded_model, random_images):
     """Isolating block 5: its attention output changes in row 0 (CLS) only; the patch rows are unchanged."""
-    vit = build("vit", seed=10)
-    x = images(2, seed=18)
+    vit = seeded_model("vit", seed=10)
+    x = random_images(2, seed=18)
     clean = hooked(vit.net.blocks[5].attn, lambda: vit(x))
     with featurevis.cls_isolated(vit, 5):
         iso = hooked(vit.net.blocks[5].attn, lambda: vit(x))
@@ -658,9 +649,9 @@ def test_cls_isolated_in_the_last_block_changes_only_the_cls_row():
     ("pit", 0, ValueError, r"global 'vit' only, got 'pit'"),
     ("resnet", 0, ValueError, r"global 'vit' only, got 'resnet'"),
 ])
-def test_cls_isolated_rejects_bad_blocks_and_models(name, block, error, match):
+def test_cls_isolated_rejects_bad_blocks_and_models(name, block, error, match, seeded_model):
     """A block outside [0, 5] or a model other than the global ViT raises ValueError on entering."""
-    model = build(name)
+    model = seeded_model(name)
     with pytest.raises(error, match=match):
         with featurevis.cls_isolated(model, block):
             pass
@@ -668,10 +659,10 @@ def test_cls_isolated_rejects_bad_blocks_and_models(name, block, error, match):
 
 # --- 13. accuracy with the CLS isolated ----------------------------------------------------------
 
-def test_isolated_cls_matches_independent_masked_passes():
+def test_isolated_cls_matches_independent_masked_passes(seeded_model, random_images):
     """correct (6, n): row b = correctness of the hand-masked pass at block b; clean = the plain pass; batches of 3."""
-    vit = build("vit", seed=11)
-    x = images(8, seed=19)
+    vit = seeded_model("vit", seed=11)
+    x = random_images(8, seed=19)
     with torch.no_grad():
         pred = vit(x).argmax(dim=1)
     y = torch.where(torch.arange(8) % 2 == 0, pred, (pred + 1) % 10)  # right on even images, wrong on odd ones
@@ -689,14 +680,14 @@ def test_isolated_cls_matches_independent_masked_passes():
 
 @pytest.mark.parametrize("labels", [torch.zeros(5, dtype=torch.long), torch.zeros(4, 1, dtype=torch.long)],
                          ids=["count", "2-d"])
-def test_isolated_cls_rejects_mismatched_labels(labels):
+def test_isolated_cls_rejects_mismatched_labels(labels, seeded_model, random_images):
     """Labels that are not one per image raise ValueError."""
     with pytest.raises(ValueError, match="same number of images"):
-        featurevis.isolated_cls(build("vit"), images(4), labels)
+        featurevis.isolated_cls(seeded_model("vit"), random_images(4), labels)
 
 
-def test_isolated_cls_refuses_models_other_than_the_global_vit():
+def test_isolated_cls_refuses_models_other_than_the_global_vit(seeded_model, random_images):
     """vit_local5 and the ResNet raise ValueError."""
     for name in ("vit_local5", "resnet"):
         with pytest.raises(ValueError, match="global 'vit' only"):
-            featurevis.isolated_cls(build(name), images(2), torch.zeros(2, dtype=torch.long))
+            featurevis.isolated_cls(seeded_model(name), random_images(2), torch.zeros(2, dtype=torch.long))
