@@ -17,10 +17,6 @@ from lib.analyses import attention, head_importance
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def fused_flags(model: nn.Module) -> list[bool]:
-    return [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
-
-
 def zero_head_columns(model: nn.Module, unit: int, head: int) -> None:
     """Zero the output-projection input columns that head ``head`` of attention unit ``unit`` feeds."""
     u = attention.attention_units(model)[unit]
