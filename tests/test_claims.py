@@ -1,6 +1,7 @@
 """Claims, verdicts by a stated rule, the claims table and the glued strings."""
 import sys
 
+import numpy as np
 import pytest
 
 from lib.report import claims, stats
@@ -142,3 +143,129 @@ def test_gluing_without_myst_nb_is_a_silent_no_op(monkeypatch):
     claims.glue_text("y", "text")
     glued = claims.glue_claims([judge("k", "p", "s", "f", ABOVE, "positive")])
     assert glued["k_verdict"] == "reproduced"
+
+
+# --- The rule with margins and Holm (decide) -------------------------------------------------------
+
+def t_est(value, se, df=10, n=11):
+    """A t estimate built as stats builds it (p against 0, standard error for other levels)."""
+    return stats._t_estimate(value, se, df, 0.95, n, f"one-sample t, df = {df}")
+
+
+def hyp(key, estimate, expect="positive", margin=0.5, **kw):
+    kw = {"replicated_over": "training runs", "between_models": True, "unit": "points", **kw}
+    return claims.Hypothesis(key, "Park & Kim 2022", "s", "f", estimate, expect, margin, "a reason", **kw)
+
+
+@pytest.mark.parametrize("low, high, value, expect, verdict", [
+    (0.6, 1.4, 1.0, "positive", "reproduced"),
+    (0.1, 1.9, 1.0, "positive", "reproduced"),         # excludes 0, value beyond the margin
+    (0.1, 0.45, 0.3, "positive", "no meaningful effect"),  # excludes 0 but inside ±0.5: too small to matter
+    (-0.4, 0.4, 0.0, "positive", "no meaningful effect"),
+    (0.1, 0.9, 0.4, "positive", "inconclusive"),       # excludes 0, value short of the margin, not inside
+    (-0.2, 0.9, 0.35, "positive", "inconclusive"),
+    (-1.4, -0.6, -1.0, "positive", "not reproduced"),
+    (-1.4, -0.6, -1.0, "negative", "reproduced"),
+    (0.6, 1.4, 1.0, "negative", "not reproduced"),
+    (-0.5, 0.2, -0.1, "positive", "inconclusive"),     # touching −margin is not inside it
+    (0.0, 1.0, 0.5, "positive", "inconclusive"),       # touching 0 does not exclude it
+    (0.2, 0.8, 0.5, "positive", "reproduced"),         # reaching the margin counts
+])
+def test_verdict_with_margin_by_hand(low, high, value, expect, verdict):
+    e = stats.Estimate(value, low, high, 0.95, 6, "t")
+    assert claims.verdict_with_margin(e, expect, 0.5) == verdict
+
+
+def test_decide_takes_each_interval_at_its_holm_level():
+    strong, mid, weak = t_est(2.0, 0.2), t_est(1.0, 0.4), t_est(0.3, 0.4)
+    testable = [hyp("weak", weak), hyp("strong", strong), hyp("mid", mid)]
+    decided = claims.decide(testable[:1] + [not_testable("big", "p", "s", "f", "needs ImageNet")] + testable[1:])
+    assert [c.key for c in decided] == ["weak", "big", "strong", "mid"]
+    by_key = {c.key: c for c in decided}
+    # p: strong < mid < weak; levels 1 - 0.05/3 and 1 - 0.05/2; weak fails 0.05/1 or not at all
+    ps = [weak.p, strong.p, mid.p]
+    levels = dict(zip(["weak", "strong", "mid"], stats.holm_levels(ps)))
+    for key in ("weak", "strong", "mid"):
+        assert by_key[key].estimate.level == pytest.approx(levels[key])
+        assert by_key[key].adjustment == "Holm over 3 claims"
+    assert levels["strong"] == pytest.approx(1 - 0.05 / 3) and levels["mid"] == pytest.approx(1 - 0.05 / 2)
+    q = float(__import__("scipy").stats.t.ppf(1 - 0.05 / 6, 10))
+    assert by_key["strong"].estimate.low == pytest.approx(2.0 - q * 0.2)
+    assert by_key["strong"].verdict == "reproduced" and by_key["weak"].verdict == "inconclusive"
+    assert by_key["big"].verdict == "not testable here"
+    assert by_key["strong"].test == "one-sample t, df = 10, n = 11; 98.3% interval, Holm over 3 claims"
+    assert by_key["strong"].smallest_effect == "±0.50 points (a reason)"
+    assert by_key["strong"].rule == (
+        "reproduced if the 98.3% interval (Holm over 3 claims) of the difference lies above 0 and the estimate "
+        "reaches +0.50 points; no meaningful effect if the interval lies within ±0.50 points; not reproduced if it "
+        "lies below 0 and the estimate reaches \u22120.50 points; inconclusive otherwise (one-sample t, df = 10, n = 11)")
+    single = claims.decide([hyp("one", strong)])[0]
+    assert single.estimate.level == pytest.approx(0.95) and single.adjustment == "a single claim, no adjustment"
+
+
+def test_holm_turns_a_lone_success_into_inconclusive_in_a_family():
+    # p about 0.03: reproduced alone at 95%, but not at the 1 - 0.05/4 of a family of four
+    borderline = t_est(1.0, 0.4)
+    assert claims.decide([hyp("alone", borderline)])[0].verdict == "reproduced"
+    nulls = [hyp(f"null{i}", t_est(0.1, 1.0)) for i in range(3)]
+    assert claims.decide([hyp("alone", borderline), *nulls])[0].verdict == "inconclusive"
+
+
+def test_decide_glue_and_table_show_margin_and_level():
+    decided = claims.decide([hyp("rise", t_est(2.0, 0.2)), hyp("fall", t_est(0.1, 0.05), margin=0.5)])
+    recorded = {}
+    glued = claims.glue_claims(decided, glue=lambda name, value, display: recorded.update({name: value}))
+    assert glued["rise_margin"] == "±0.50 points" and glued["rise_level"] == "97.5%"
+    # fall's p is above 0.05: Holm stops there and its interval stays at 95%, inside ±0.5
+    assert glued["fall_level"] == "95%" and glued["fall_verdict"] == "no meaningful effect"
+    table = claims.claims_table(decided + [not_testable("big", "p", "s", "f", "needs ImageNet")])
+    assert list(table.columns) == ["paper", "claim", "paper's figure", "ours", "smallest effect that matters",
+                                   "test", "verdict"]
+    assert table.loc["big", "smallest effect that matters"] == "—"
+
+
+def test_a_bootstrap_estimate_is_decided_at_its_holm_level():
+    rng = np.random.default_rng(3)
+    boot = stats.bootstrap(rng.normal(1.0, 1.0, 40), seed=0, rows="images")
+    decided = claims.decide([hyp("b", boot, replicated_over="images", between_models=False),
+                             hyp("t", t_est(0.1, 1.0))])
+    b = decided[0].estimate
+    assert b.level == pytest.approx(1 - 0.05 / 2)
+    assert (b.low, b.high) == tuple(np.quantile(boot.draws, [0.05 / 4, 1 - 0.05 / 4]))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"margin": 0.0}, r"margin .* must be a finite number > 0"),
+    ({"margin": float("nan")}, r"must be a finite number > 0 in the estimate's unit, got nan"),
+    ({"margin": True}, r"must be a finite number > 0 in the estimate's unit, got True"),
+    ({"expect": "up"}, "expect must be one of"),
+    ({"replicated_over": "seeds"}, r"replicated_over must be one of \("),
+    ({"replicated_over": "images"}, "compares trained models, so its interval must be replicated over training runs"),
+])
+def test_hypothesis_refuses_what_the_rule_cannot_judge(kw, message):
+    with pytest.raises(ValueError, match=message):
+        hyp("k", t_est(1.0, 0.2), **kw)
+
+
+def test_hypothesis_refuses_small_bootstraps_and_hand_built_estimates():
+    boot = stats.bootstrap([0.1, 0.4, 0.2, 0.9, 0.5], seed=0, rows="mini-batches")
+    with pytest.raises(ValueError, match="percentile bootstrap over 5 units is too coarse"):
+        hyp("k", boot, replicated_over="mini-batches", between_models=False)
+    with pytest.raises(ValueError, match="needs a p-value and a standard error"):
+        hyp("k", stats.Estimate(1.0, 0.5, 1.5, 0.95, 6, "by hand", p=0.01))
+    with pytest.raises(ValueError, match="say in one line why"):
+        claims.Hypothesis("k", "p", "s", "f", t_est(1.0, 0.2), "positive", 0.5, " ", "training runs", True)
+    with pytest.raises(ValueError, match=r"judged on its own \('reproduced'\)"):
+        claims.decide([judge("k", "p", "s", "f", ABOVE, "positive")])
+    with pytest.raises(ValueError, match=r"unique, repeated: \['k'\]"):
+        claims.decide([hyp("k", t_est(1.0, 0.2)), hyp("k", t_est(1.0, 0.2))])
+
+
+def test_a_claim_cannot_carry_a_verdict_its_estimate_contradicts():
+    straddle = stats.Estimate(0.03, -2.45, 2.52, 0.95, 6, "t")
+    with pytest.raises(ValueError, match=r"verdict 'reproduced' contradicts its estimate \+0.03 \[−2.45, 2.52\], "
+                                         r"for which the rule gives 'within noise'"):
+        claims.Claim("k", "p", "s", "f", straddle, "", "rule", "reproduced", expect="positive")
+    with pytest.raises(ValueError, match="the rule gives 'inconclusive'"):
+        claims.Claim("k", "p", "s", "f", straddle, "", "rule", "reproduced", expect="positive", margin=0.5,
+                     margin_reason="r")

@@ -111,7 +111,7 @@ def test_bootstrap_seeded_and_close_to_t_for_a_large_sample():
     x = rng.normal(10.0, 3.0, 2000)
     e = stats.bootstrap(x, seed=1)
     assert e == stats.bootstrap(x, seed=1) and e != stats.bootstrap(x, seed=2)
-    assert e.value == pytest.approx(x.mean()) and e.p is None and e.df is None
+    assert e.value == pytest.approx(x.mean()) and e.p == 0.0 and e.df is None  # every draw above 0
     assert e.test == "percentile bootstrap over 2000 rows, 2000 resamples"
     t = stats.t_interval(x)
     half = (t.high - t.low) / 2
@@ -146,6 +146,73 @@ def test_holm_textbook_example():
     assert stats.holm([]) == []
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         stats.holm([0.5, 1.5])
+
+
+def test_holm_levels_by_hand_and_agree_with_holm():
+    # sorted 0.005, 0.01, 0.03 (fails 0.05/2: stop), 0.04: levels 1 - 0.05/4, 1 - 0.05/3, then 1 - 0.05/2 twice
+    levels = stats.holm_levels([0.01, 0.04, 0.03, 0.005])
+    assert levels == pytest.approx([1 - 0.05 / 3, 1 - 0.05 / 2, 1 - 0.05 / 2, 1 - 0.05 / 4])
+    assert stats.holm_levels([0.2]) == pytest.approx([0.95])
+    # t intervals at their Holm levels exclude 0 exactly where holm() rejects
+    rng = np.random.default_rng(11)
+    for trial in range(50):
+        ests = [stats.t_interval(rng.normal(rng.uniform(0, 1.5), 1.0, 8)) for _ in range(6)]
+        ps = [e.p for e in ests]
+        adjusted = [e.at_level(level) for e, level in zip(ests, stats.holm_levels(ps))]
+        assert [a.excludes(0) for a in adjusted] == stats.holm(ps)
+    with pytest.raises(ValueError, match="at least one p-value"):
+        stats.holm_levels([])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        stats.holm_levels([0.5, -0.1])
+
+
+def test_at_level_rebuilds_t_and_bootstrap_intervals():
+    x = [1.0, 2.0, 4.0, 7.0]
+    e = stats.t_interval(x)
+    assert e.at_level(0.95) is e
+    wide = e.at_level(0.99)
+    assert (wide.low, wide.high) == pytest.approx((stats.t_interval(x, 0.99).low, stats.t_interval(x, 0.99).high))
+    assert (wide.value, wide.n, wide.df, wide.p, wide.test) == (e.value, e.n, e.df, e.p, e.test) and wide.level == 0.99
+    w = stats.welch([1.0, 2.0, 3.5], [0.0, 0.4, 0.2, 0.1], level=0.9).at_level(0.975)
+    ref = stats.welch([1.0, 2.0, 3.5], [0.0, 0.4, 0.2, 0.1], level=0.975)
+    assert (w.low, w.high) == pytest.approx((ref.low, ref.high))
+    k = stats.welch_known_sd([1.0], [0.0], 0.5, 0.5, 4, 4, shared=True).at_level(0.99)
+    assert (k.low, k.high) == pytest.approx((stats.welch_known_sd([1.0], [0.0], 0.5, 0.5, 4, 4, 0.99, shared=True).low,
+                                             stats.welch_known_sd([1.0], [0.0], 0.5, 0.5, 4, 4, 0.99, shared=True).high))
+    point = stats.welch([1.0, 1.0], [0.0, 0.0]).at_level(0.99)
+    assert (point.low, point.high, point.level) == (1.0, 1.0, 0.99)
+    rng = np.random.default_rng(2)
+    rows = rng.normal(0.3, 1.0, 40)
+    b = stats.bootstrap(rows, seed=4)
+    b99 = b.at_level(0.99)
+    direct = stats.bootstrap(rows, seed=4, level=0.99)
+    assert (b99.low, b99.high) == (direct.low, direct.high) and b99.value == b.value
+    with pytest.raises(ValueError, match="cannot be recomputed at another level"):
+        stats.Estimate(1.0, 0.0, 2.0, 0.95, 3, "by hand").at_level(0.99)
+    with pytest.raises(ValueError, match="level must be a probability"):
+        e.at_level(1.5)
+
+
+def test_percentile_p_is_where_the_interval_starts_to_exclude_zero():
+    assert stats.percentile_p([0.5, 1.0, 2.0]) == 0.0 and stats.percentile_p([-3.0, -1.0]) == 0.0
+    assert stats.percentile_p([0.0, 0.0, 0.0]) == 1.0
+    # by hand: draws -1, 1, 2, 3 (last = 3); the low end crosses 0 at h = 0 + 1/2, q = 1/6: p = 1/3
+    assert stats.percentile_p([3.0, -1.0, 2.0, 1.0]) == pytest.approx(1 / 3)
+    assert stats.percentile_p([-3.0, 1.0, -2.0, -1.0]) == pytest.approx(1 / 3)
+    rng = np.random.default_rng(8)
+    for trial in range(30):
+        draws = np.sort(rng.normal(rng.uniform(-0.5, 0.5), 1.0, int(rng.integers(20, 400))))
+        p = stats.percentile_p(draws)
+        if not 0 < p < 1:
+            continue
+        for a, excluded in ((p * (1 + 1e-6), True), (p * (1 - 1e-6), False)):
+            low, high = np.quantile(draws, [a / 2, 1 - a / 2])
+            assert (low > 0 or high < 0) == excluded
+
+
+def test_format_level_keeps_holm_levels_short():
+    assert [stats.format_level(x) for x in (0.95, 0.975, 0.9, 1 - 0.05 / 8, 1 - 0.05 / 7, 0.9995)] == [
+        "95%", "97.5%", "90%", "99.4%", "99.3%", "99.95%"]
 
 
 def test_multiplicity_note():

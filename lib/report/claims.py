@@ -1,31 +1,50 @@
 """Claims from papers, this book's measurement of each, and a verdict by a rule stated in advance.
 
-A chapter that checks a paper lists its claims as :class:`Claim` objects: what the paper says and
-shows, our :class:`~lib.report.stats.Estimate` of the same quantity (with its interval, test and sample
-size), and a verdict. :func:`judge` computes the verdict from the sign the paper predicts, so the
-rule is the same for every claim in the book and is written out next to it:
+A chapter that checks a paper states each claim as a :class:`Hypothesis`: what the paper says and
+shows, our :class:`~lib.report.stats.Estimate` of the same quantity, the sign the paper predicts,
+the smallest effect that matters (the *margin*, in the estimate's own unit, with a one-line reason)
+and what the interval is replicated over. :func:`decide` turns the chapter's hypotheses into
+:class:`Claim` objects with their verdicts, the same rule for every claim in the book:
 
-* "reproduced": the interval excludes 0 on the predicted side;
-* "not reproduced": it excludes 0 on the other side;
-* "within noise": it contains 0, so this measurement cannot tell;
+* the intervals are Holm-adjusted within the chapter's family (:func:`lib.report.stats.holm_levels`),
+  so the chance of any false "reproduced" or "not reproduced" in a chapter stays at most 5%;
+* "reproduced": the interval excludes 0 on the predicted side and the estimate reaches the margin;
+* "no meaningful effect": the interval lies within ±margin (an equivalence test);
+* "not reproduced": the interval excludes 0 on the other side and the estimate reaches the margin
+  there;
+* "inconclusive": anything else (the interval is too wide to tell);
 * "not testable here" (:func:`not_testable`): the book's models or data cannot measure it, for a
   stated reason.
 
+A difference between trained models must be replicated over training runs (seeds, or a borrowed
+seed-to-seed deviation): an interval over the images of one run of each model measures only how
+precisely those two runs were compared. A percentile bootstrap needs at least
+:data:`MIN_BOOTSTRAP_UNITS` units.
+
+:func:`judge` is the earlier rule (the sign of a 95% interval, no margin, no adjustment; "within
+noise" when the interval contains 0), kept for the chapters not yet stated with margins.
 :func:`claims_table` gives the chapter's claims table and :func:`glue_claims` glues every verdict
 and number as text, so the prose quotes (with ``{glue:text}``) exactly what the table shows.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from .stats import Estimate, format_level, format_number
+from .stats import MINUS, Estimate, format_level, format_number, holm_levels
 
-VERDICTS: tuple[str, ...] = ("reproduced", "not reproduced", "within noise", "not testable here")
+VERDICTS: tuple[str, ...] = ("reproduced", "no meaningful effect", "not reproduced", "inconclusive",
+                             "within noise", "not testable here")
 EXPECTS: tuple[str, ...] = ("positive", "negative")
+# What an interval is replicated over: independent training runs, or units within one model.
+REPLICATIONS: tuple[str, ...] = ("training runs", "images", "mini-batches", "directions", "units", "heads")
+# Below about 20 units a percentile bootstrap has too few distinct resamples for its tails.
+MIN_BOOTSTRAP_UNITS = 20
+ALPHA = 0.05
 _KEY = re.compile(r"[a-z0-9_]+")
 _NO_VALUE = "—"
 
@@ -41,7 +60,10 @@ class Claim:
     shows for it ("Fig. 1a: rise +20 (ResNet-50) vs +12 (ViT-Ti)"). ``estimate`` is our measurement
     in ``unit`` (``None`` when not testable), ``rule`` the verdict rule in words, ``verdict`` one of
     :data:`VERDICTS`, ``reason`` why a claim is not testable here (required then) and ``digits`` the
-    decimals its numbers are printed with.
+    decimals its numbers are printed with. A claim decided by :func:`decide` also carries the sign
+    it ``expect``-ed, its ``margin`` with the ``margin_reason`` and the ``adjustment`` of its level
+    ("Holm over 8 claims"); its verdict is then checked against its estimate, so a table can never
+    show a verdict its own numbers contradict.
     """
 
     key: str
@@ -54,6 +76,10 @@ class Claim:
     verdict: str
     reason: str = ""
     digits: int = 2
+    expect: str | None = None
+    margin: float | None = None
+    margin_reason: str = ""
+    adjustment: str = ""
 
     def __post_init__(self) -> None:
         _check_key(self.key, "key")
@@ -67,6 +93,17 @@ class Claim:
         for name in ("paper", "statement", "rule"):
             if not getattr(self, name).strip():
                 raise ValueError(f"claim {self.key!r} needs a non-empty {name}")
+        if self.expect is not None and self.expect not in EXPECTS:
+            raise ValueError(f"expect must be one of {EXPECTS}, got {self.expect!r}")
+        if self.margin is not None:
+            _check_margin(self.margin, self.margin_reason, self.key)
+        if self.estimate is None or self.expect is None:
+            return
+        rule = (verdict_of(self.estimate, self.expect) if self.margin is None
+                else verdict_with_margin(self.estimate, self.expect, self.margin))
+        if self.verdict != rule:
+            raise ValueError(f"claim {self.key!r}: verdict {self.verdict!r} contradicts its estimate "
+                             f"{self.estimate.format(self.digits)}, for which the rule gives {rule!r}")
 
     @property
     def ours(self) -> str:
@@ -75,8 +112,42 @@ class Claim:
 
     @property
     def test(self) -> str:
-        """The test and its sample size, e.g. "Welch t, df = 3.7, n = 6"; "—" if none."""
-        return _NO_VALUE if self.estimate is None else self.estimate.describe()
+        """The test and its sample size, e.g. "Welch t, df = 3.7, n = 6"; "—" if none.
+
+        A decided claim adds its interval's level and adjustment: "...; 99.4% interval, Holm over 8
+        claims".
+        """
+        if self.estimate is None:
+            return _NO_VALUE
+        text = self.estimate.describe()
+        if self.adjustment:
+            text += f"; {format_level(self.estimate.level)} interval, {self.adjustment}"
+        return text
+
+    @property
+    def smallest_effect(self) -> str:
+        """The margin with its unit and reason, e.g. "±0.50 NLL (a tenth of the rise)"; "—" if none."""
+        if self.margin is None:
+            return _NO_VALUE
+        return f"±{_with_unit(format_number(self.margin, self.digits, signed=False), self.unit)} ({self.margin_reason})"
+
+
+def _with_unit(text: str, unit: str) -> str:
+    return f"{text} {unit}" if unit else text
+
+
+def _is_margin(margin: Any) -> bool:
+    """A finite number > 0 (NaN, infinity and booleans are not margins)."""
+    return (not isinstance(margin, bool) and isinstance(margin, (int, float))
+            and math.isfinite(margin) and margin > 0)
+
+
+def _check_margin(margin: float, reason: str, key: str) -> None:
+    if not _is_margin(margin):
+        raise ValueError(f"claim {key!r}: the margin (smallest effect that matters) must be a finite number > 0 "
+                         f"in the estimate's unit, got {margin!r}")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError(f"claim {key!r}: say in one line why {margin!r} is the smallest effect that matters")
 
 
 def _check_key(key: str, what: str) -> None:
@@ -117,7 +188,137 @@ def judge(key: str, paper: str, statement: str, paper_figure: str, estimate: Est
     if not isinstance(estimate, Estimate):
         raise ValueError(f"estimate must be a lib.report.stats.Estimate, got {type(estimate).__name__}")
     return Claim(key, paper, statement, paper_figure, estimate, unit,
-                 rule_text(expect, estimate, quantity), verdict_of(estimate, expect), digits=digits)
+                 rule_text(expect, estimate, quantity), verdict_of(estimate, expect), digits=digits, expect=expect)
+
+
+def verdict_with_margin(estimate: Estimate, expect: str, margin: float) -> str:
+    """The verdict of :func:`decide`'s rule for an interval (already at its adjusted level).
+
+    With the predicted side made positive: "reproduced" if the interval lies above 0 and the value
+    reaches ``margin``; "no meaningful effect" if it lies strictly within ±``margin``; "not
+    reproduced" if it lies below 0 and the value reaches −``margin``; "inconclusive" otherwise.
+    The three are exclusive: equivalence keeps the value inside ±margin, the others need it on or
+    beyond.
+    """
+    if expect not in EXPECTS:
+        raise ValueError(f"expect must be one of {EXPECTS}, got {expect!r}")
+    if not _is_margin(margin):
+        raise ValueError(f"margin must be a finite number > 0, got {margin!r}")
+    sign = 1.0 if expect == "positive" else -1.0
+    low, high = sorted((sign * estimate.low, sign * estimate.high))
+    value = sign * estimate.value
+    if low > 0 and value >= margin:
+        return "reproduced"
+    if -margin < low and high < margin:
+        return "no meaningful effect"
+    if high < 0 and value <= -margin:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def margin_rule_text(expect: str, margin: float, unit: str, digits: int, level: float, adjustment: str,
+                     quantity: str, described: str) -> str:
+    """:func:`verdict_with_margin`'s rule in words, with the level, its adjustment and the test."""
+    side, other = ("above", "below") if expect == "positive" else ("below", "above")
+    reach, against = (("+", MINUS) if expect == "positive" else (MINUS, "+"))
+    m = _with_unit(format_number(margin, digits, signed=False), unit)
+    return (f"reproduced if the {format_level(level)} interval ({adjustment}) of the {quantity} lies {side} 0 "
+            f"and the estimate reaches {reach}{m}; no meaningful effect if the interval lies within ±{m}; "
+            f"not reproduced if it lies {other} 0 and the estimate reaches {against}{m}; inconclusive "
+            f"otherwise ({described})")
+
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A paper's claim stated as a test, before the chapter's family is decided by :func:`decide`.
+
+    ``estimate`` is built by :mod:`lib.report.stats` (so it has a p-value and can be recomputed at
+    the Holm-adjusted level), ``expect`` the sign the paper predicts for it, ``margin`` the smallest
+    effect that matters in ``unit`` (> 0), with ``margin_reason`` saying in one line why.
+    ``replicated_over`` names what the interval's units are (one of :data:`REPLICATIONS`);
+    ``between_models`` marks a difference between trained models, which must be replicated over
+    "training runs": the images or batches of one run per model say how precisely two runs were
+    compared, not whether the architectures differ. ``quantity`` names the estimate in the rule
+    text ("difference in NLL rise, ResNet − ViT,").
+    """
+
+    key: str
+    paper: str
+    statement: str
+    paper_figure: str
+    estimate: Estimate
+    expect: str
+    margin: float
+    margin_reason: str
+    replicated_over: str
+    between_models: bool
+    unit: str = ""
+    digits: int = 2
+    quantity: str = "difference"
+
+    def __post_init__(self) -> None:
+        _check_key(self.key, "key")
+        if not isinstance(self.estimate, Estimate):
+            raise ValueError(f"claim {self.key!r}: estimate must be a lib.report.stats.Estimate, "
+                             f"got {type(self.estimate).__name__}")
+        if self.expect not in EXPECTS:
+            raise ValueError(f"claim {self.key!r}: expect must be one of {EXPECTS}, got {self.expect!r}")
+        _check_margin(self.margin, self.margin_reason, self.key)
+        if self.replicated_over not in REPLICATIONS:
+            raise ValueError(f"claim {self.key!r}: replicated_over must be one of {REPLICATIONS}, "
+                             f"got {self.replicated_over!r}")
+        if self.between_models and self.replicated_over != "training runs":
+            raise ValueError(f"claim {self.key!r} compares trained models, so its interval must be replicated over "
+                             f"training runs (seeds, or a borrowed seed-to-seed deviation), not over "
+                             f"{self.replicated_over}; with one run per model state it as not testable here")
+        if self.estimate.draws is not None and self.estimate.n < MIN_BOOTSTRAP_UNITS:
+            raise ValueError(f"claim {self.key!r}: a percentile bootstrap over {self.estimate.n} units is too coarse "
+                             f"(at least {MIN_BOOTSTRAP_UNITS}); use a t interval on the per-unit values or more units")
+        if self.estimate.p is None or (self.estimate.se is None and self.estimate.draws is None):
+            raise ValueError(f"claim {self.key!r}: the estimate needs a p-value and a standard error or bootstrap "
+                             f"draws for its Holm-adjusted interval: build it with lib.report.stats")
+        for name in ("paper", "statement", "paper_figure"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"claim {self.key!r} needs a non-empty {name}")
+
+
+def decide(items: Iterable[Hypothesis | Claim], alpha: float = ALPHA) -> list[Claim]:
+    """A chapter's claims, in the given order, with verdicts from Holm-adjusted intervals and margins.
+
+    ``items`` are the chapter's :class:`Hypothesis` objects and its claims not testable here
+    (:func:`not_testable`), which pass through. The hypotheses form one family: their intervals are
+    taken at :func:`lib.report.stats.holm_levels` of their p-values (family-wise ``alpha``; a single
+    hypothesis keeps ``1 - alpha``) and judged by :func:`verdict_with_margin`.
+    """
+    items = list(items)
+    for item in items:
+        if isinstance(item, Claim) and item.verdict != "not testable here":
+            raise ValueError(f"claim {item.key!r} was judged on its own ({item.verdict!r}); a family decided "
+                             "together takes Hypothesis objects and claims not testable here")
+        if not isinstance(item, (Hypothesis, Claim)):
+            raise ValueError(f"expected Hypothesis or Claim objects, got {type(item).__name__}")
+    keys = [item.key for item in items]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"claim keys must be unique, repeated: {repeated}")
+    hypotheses = [item for item in items if isinstance(item, Hypothesis)]
+    levels = iter(holm_levels([h.estimate.p for h in hypotheses], alpha) if hypotheses else [])
+    m = len(hypotheses)
+    adjustment = f"Holm over {m} claims" if m > 1 else "a single claim, no adjustment"
+    decided = []
+    for item in items:
+        if isinstance(item, Claim):
+            decided.append(item)
+            continue
+        estimate = item.estimate.at_level(next(levels))
+        rule = margin_rule_text(item.expect, item.margin, item.unit, item.digits, estimate.level, adjustment,
+                                item.quantity, estimate.describe())
+        decided.append(Claim(item.key, item.paper, item.statement, item.paper_figure, estimate, item.unit, rule,
+                             verdict_with_margin(estimate, item.expect, item.margin), digits=item.digits,
+                             expect=item.expect, margin=float(item.margin), margin_reason=item.margin_reason,
+                             adjustment=adjustment))
+    return decided
 
 
 def not_testable(key: str, paper: str, statement: str, paper_figure: str, reason: str) -> Claim:
@@ -128,18 +329,25 @@ def not_testable(key: str, paper: str, statement: str, paper_figure: str, reason
 
 
 COLUMNS: tuple[str, ...] = ("paper", "claim", "paper's figure", "ours", "test", "verdict")
+SMALLEST_EFFECT = "smallest effect that matters"
 
 
 def claims_table(claims: Iterable[Claim]) -> pd.DataFrame:
     """The claims table: one row per claim, indexed by key, with the columns of :data:`COLUMNS`.
 
-    "ours" is the estimate with interval and unit; "test" the test with df and n. A claim not
-    testable here shows "—" as ours and its reason as the test.
+    "ours" is the estimate with interval and unit; "test" the test with df and n (and, for decided
+    claims, the interval's adjusted level). Where any claim has a margin, a column "smallest effect
+    that matters" follows "ours". A claim not testable here shows "—" as ours and its reason as the
+    test.
     """
     claims = _unique(claims)
+    columns = list(COLUMNS)
+    if any(c.margin is not None for c in claims):
+        columns.insert(columns.index("ours") + 1, SMALLEST_EFFECT)
     rows = [{"paper": c.paper, "claim": c.statement, "paper's figure": c.paper_figure, "ours": c.ours,
-             "test": c.reason if c.estimate is None else c.test, "verdict": c.verdict} for c in claims]
-    return pd.DataFrame(rows, index=pd.Index([c.key for c in claims], name="key"), columns=list(COLUMNS))
+             SMALLEST_EFFECT: c.smallest_effect, "test": c.reason if c.estimate is None else c.test,
+             "verdict": c.verdict} for c in claims]
+    return pd.DataFrame(rows, index=pd.Index([c.key for c in claims], name="key"), columns=columns)
 
 
 def _unique(claims: Iterable[Claim]) -> list[Claim]:
@@ -179,7 +387,8 @@ def glue_claims(claims: Iterable[Claim], glue: GlueFn | None = None) -> dict[str
 
     For a claim with an estimate: ``<key>_verdict``, ``<key>_value`` ("+1.32"), ``<key>_interval``
     ("[0.05, 2.59]"), ``<key>_ours`` ("+1.32 [0.05, 2.59] points") and ``<key>_test`` ("Welch t,
-    df = 3.7, n = 6"). A claim not testable here has no numbers: ``<key>_verdict`` and
+    df = 3.7, n = 6"); a decided claim adds ``<key>_margin`` ("±0.50 NLL") and ``<key>_level``
+    ("99.4%"). A claim not testable here has no numbers: ``<key>_verdict`` and
     ``<key>_reason`` only, so prose that quotes a missing number fails the build. ``glue``
     defaults to :func:`myst_nb.glue` (called with ``display=False``). Returns what was glued.
     """
@@ -194,6 +403,9 @@ def glue_claims(claims: Iterable[Claim], glue: GlueFn | None = None) -> dict[str
         glued[f"{c.key}_interval"] = c.estimate.format_interval(c.digits)
         glued[f"{c.key}_ours"] = c.ours
         glued[f"{c.key}_test"] = c.test
+        if c.margin is not None:
+            glued[f"{c.key}_margin"] = "±" + _with_unit(format_number(c.margin, c.digits, signed=False), c.unit)
+            glued[f"{c.key}_level"] = format_level(c.estimate.level)
     for name, value in glued.items():
         glue(name, value, display=False)
     return glued

@@ -9,13 +9,15 @@ than 95% (about 82%). The Student t quantile at the right degrees of freedom fix
 :func:`welch_known_sd` (single runs that borrow a seed deviation, e.g. :func:`pooled_std` over
 related models' seeds), :func:`paired` (the same images, noise draw or batches for both models)
 and :func:`bootstrap` (seeded percentile resampling of per-image or per-batch values) build them;
-:func:`holm` and :func:`multiplicity_note` deal with many comparisons at once.
+:func:`holm`, :func:`holm_levels` and :func:`multiplicity_note` deal with many comparisons at once.
+Every estimate these functions build can be recomputed at another level
+(:meth:`Estimate.at_level`), which is how a chapter's claims get their Holm-adjusted intervals.
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -61,9 +63,13 @@ def format_number(x: float, digits: int = 2, signed: bool = True) -> str:
 
 
 def format_level(level: float) -> str:
-    """``0.95`` -> ``"95%"``, ``0.975`` -> ``"97.5%"``."""
+    """``0.95`` -> ``"95%"``, ``0.975`` -> ``"97.5%"``, a Holm level ``0.99375`` -> ``"99.4%"``.
+
+    Three significant digits, more where those would round up to 100 (``0.9995`` -> ``"99.95%"``).
+    """
     _check_level(level)
-    return f"{100 * level:g}%"
+    text = f"{100 * level:.3g}"
+    return (f"{100 * level:.5g}" if float(text) >= 100 else text) + "%"
 
 
 def format_df(df: float) -> str:
@@ -84,6 +90,10 @@ class Estimate:
     them and ``p`` the two-sided p-value against 0 where the test gives one (else ``None``).
     Keeping all of this in one object lets a chapter print a claim's number, interval and test from
     the same source, so prose and table cannot disagree.
+
+    ``se`` (a t interval's standard error) or ``draws`` (a bootstrap's sorted resampled values)
+    let :meth:`at_level` recompute the interval at another level; the functions of this module
+    fill them in, and an estimate built by hand has neither.
     """
 
     value: float
@@ -94,6 +104,8 @@ class Estimate:
     test: str
     df: float | None = None
     p: float | None = None
+    se: float | None = field(default=None, compare=False, repr=False)
+    draws: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_level(self.level)
@@ -108,6 +120,27 @@ class Estimate:
             raise ValueError(f"df must be > 0 or None, got {self.df}")
         if self.p is not None and not 0.0 <= self.p <= 1.0:
             raise ValueError(f"p must be in [0, 1] or None, got {self.p}")
+
+    def at_level(self, level: float) -> "Estimate":
+        """The same estimate with its interval at ``level`` (e.g. a Holm-adjusted 99.4%).
+
+        A t interval is rebuilt from its standard error and degrees of freedom, a bootstrap
+        interval from its resampled values, exactly as at the original level (which returns the
+        estimate itself); the value, test, n, df and p do not change.
+        """
+        _check_level(level)
+        if level == self.level:
+            return self
+        if self.draws is not None:
+            low, high = np.quantile(self.draws, [0.5 - level / 2, 0.5 + level / 2])
+            return replace(self, low=float(low), high=float(high), level=level)
+        if self.se is not None:
+            if self.se == 0:
+                return replace(self, level=level)
+            q = float(_scipy_stats.t.ppf(0.5 + level / 2, self.df))
+            return replace(self, low=self.value - q * self.se, high=self.value + q * self.se, level=level)
+        raise ValueError("this estimate carries neither a standard error nor bootstrap draws, so its interval "
+                         "cannot be recomputed at another level: build it with lib.report.stats")
 
     def excludes(self, x: float = 0.0) -> bool:
         """Whether ``x`` lies outside the (closed) interval."""
@@ -164,10 +197,10 @@ def _t_estimate(value: float, se: float, df: float | None, level: float, n: int,
     and p is 0 if the value differs from 0 (1 if it is 0).
     """
     if se == 0:
-        return Estimate(value, value, value, level, n, test, df, 0.0 if value != 0 else 1.0)
+        return Estimate(value, value, value, level, n, test, df, 0.0 if value != 0 else 1.0, se=0.0)
     q = float(_scipy_stats.t.ppf(0.5 + level / 2, df))
     p = float(2 * _scipy_stats.t.sf(abs(value) / se, df))
-    return Estimate(value, value - q * se, value + q * se, level, n, test, df, p)
+    return Estimate(value, value - q * se, value + q * se, level, n, test, df, p, se=se)
 
 
 def t_interval(sample: Sequence[float], level: float = 0.95) -> Estimate:
@@ -273,7 +306,9 @@ def bootstrap(data: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarra
     number of rows) the same resampled indices are applied to both arrays and the estimate is the
     paired difference ``statistic(data_rows) - statistic(paired_with_rows)``, which keeps what the
     two share out of the noise. The interval holds the central ``level`` of the resampled values;
-    the bootstrap gives no p-value (``p`` is ``None``). ``rows`` names the units in the test text
+    ``p`` is the percentile bootstrap's p-value, the smallest ``1 - level`` at which that interval
+    excludes 0 (:func:`percentile_p`), so that Holm can order bootstrap and t estimates alike. The
+    sorted resampled values are kept (``draws``) for :meth:`Estimate.at_level`. ``rows`` names the units in the test text
     ("percentile bootstrap over 256 images, 2000 resamples"). The same ``seed`` gives the same
     result; the mean is computed for all resamples at once, in chunks.
     """
@@ -309,10 +344,35 @@ def bootstrap(data: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarra
         else:
             for k, i in enumerate(idx):
                 values[start + k] = point(x[i]) - (point(y[i]) if y is not None else 0.0)
+    values.sort()
     low, high = np.quantile(values, [0.5 - level / 2, 0.5 + level / 2])
     kind = "paired percentile bootstrap" if y is not None else "percentile bootstrap"
     return Estimate(value, float(low), float(high), level, n,
-                    f"{kind} over {n} {rows}, {n_resamples} resamples")
+                    f"{kind} over {n} {rows}, {n_resamples} resamples", p=percentile_p(values), draws=values)
+
+
+def percentile_p(draws: Sequence[float] | np.ndarray) -> float:
+    """The smallest ``a`` for which the central ``1 - a`` percentile interval of ``draws`` excludes 0.
+
+    The interval's ends are numpy's (linearly interpolated) quantiles at ``a/2`` and ``1 - a/2``,
+    as :func:`bootstrap` takes them; they move monotonically with ``a``, so for every larger ``a``
+    the interval excludes 0 and for every smaller one it does not (at ``a`` itself it touches 0).
+    1 when no interval excludes 0, 0 when all draws lie on one side of it.
+    """
+    d = np.sort(_sample(draws, "draws", at_least=2))
+    last = d.size - 1
+    p = 1.0
+    if d[0] > 0 or d[-1] < 0:
+        return 0.0
+    if d[-1] > 0:  # the low end rises above 0 once its quantile passes the crossing
+        j = int(np.searchsorted(d, 0.0, side="right")) - 1  # d[j] <= 0 < d[j + 1]
+        h = j - d[j] / (d[j + 1] - d[j])
+        p = min(p, 2 * h / last)
+    if d[0] < 0:  # the high end falls below 0 once its quantile drops under the crossing
+        i = int(np.searchsorted(d, 0.0, side="left"))  # d[i - 1] < 0 <= d[i]
+        h = (i - 1) - d[i - 1] / (d[i] - d[i - 1])
+        p = min(p, 2 * (1 - h / last))
+    return float(min(max(p, 0.0), 1.0))
 
 
 def _rows(data: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
@@ -346,6 +406,35 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
             break
         reject[int(i)] = True
     return reject
+
+
+def holm_levels(p_values: Sequence[float], alpha: float = 0.05) -> list[float]:
+    """Per hypothesis, the interval level that carries Holm's decision at family-wise ``alpha``.
+
+    Holm compares the k-th smallest of m p-values (k from 0) with ``alpha / (m - k)`` and stops at
+    the first that fails. The k-th hypothesis's interval is therefore taken at ``1 - alpha / (m - k)``,
+    and from the first failure on every remaining hypothesis gets that failure's level. An interval
+    at its level then excludes 0 exactly when :func:`holm` rejects (up to ties at the boundary), so a
+    chapter can state its verdicts from intervals and still control the family-wise error.
+    Returns the levels in the input order.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), e.g. 0.05, got {alpha!r}")
+    p = np.asarray(p_values, dtype=float).ravel()
+    if p.size == 0:
+        raise ValueError("holm_levels needs at least one p-value")
+    if np.isnan(p).any() or ((p < 0) | (p > 1)).any():
+        raise ValueError(f"p-values must lie in [0, 1], got {list(p_values)}")
+    m = p.size
+    levels = [0.0] * m
+    stopped: float | None = None
+    for k, i in enumerate(np.argsort(p, kind="stable")):
+        if stopped is None:
+            level = 1 - alpha / (m - k)
+            if p[i] > alpha / (m - k):
+                stopped = level
+        levels[int(i)] = level if stopped is None else stopped
+    return levels
 
 
 def multiplicity_note(n_tests: int, level: float = 0.95) -> str:
