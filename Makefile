@@ -4,7 +4,8 @@
 #   make book     set up and build the HTML book from the stored outputs
 #   make pdf      build the book and print it into one PDF, _build/pdf/how-vits-work.pdf
 #   make colab-check  run every chapter alone as on Colab, against the latest torch/torchvision/timm
-#   make execute  re-execute the chapters in place (after lib or checkpoint changes)
+#   make execute  re-execute the chapters in place (after lib or checkpoint changes) and rewrite
+#                 the introduction's table of claims (summary/claims.md) from them
 #   make zoo      train what the zoo lacks with the zoo's recipe, restartably, in priority order, into
 #                 the staging area data/checkpoints/next (JOBS trainings of THREADS threads each at once;
 #                 ZOO_ARGS="--set core" and so on); python -m lib.zoo progress says where it stands
@@ -108,6 +109,7 @@ colab-check: setup
 execute: setup
 	@ls chapters/*.ipynb >/dev/null 2>&1 || { echo "error: no chapters/*.ipynb to execute"; exit 1; }
 	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 chapters/*.ipynb
+	$(PY) tools/claims_summary.py
 
 zoo: setup
 	$(PY) -m lib.zoo train --jobs $(JOBS) --threads $(THREADS) $(ZOO_ARGS)

@@ -410,3 +410,21 @@ def test_local_heads_count_the_heads_below_a_share_of_even_attention(hand_maps, 
     assert attention.local_heads([stat], share=0.3) == 0
     with pytest.raises(ValueError, match="share"):
         attention.local_heads([stat], share=0.0)
+
+
+def test_spread_contrast_by_hand():
+    # two images; unit 1 heads mean 1 and 5 (range 4), unit 2 heads mean 3, 4, 4.5 (range 1.5)
+    rows = np.array([[0.0, 6.0, 3.0, 4.0, 4.0],
+                     [2.0, 4.0, 3.0, 4.0, 5.0]])
+    assert attention.spread_contrast(rows, 2) == pytest.approx(4.0 - 1.5)
+    assert attention.spread_contrast(rows[:, [2, 3, 4, 0, 1]], 3) == pytest.approx(1.5 - 4.0)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="0 < first_heads < columns"):
+            attention.spread_contrast(rows, bad)
+
+
+def test_even_distance_is_the_uniform_distance_of_the_unit_grid(seeded_model, random_images):
+    stats = attention.attention_statistics(seeded_model("vit"), random_images(4))
+    s = stats[0]
+    assert s.even_distance() == attention.uniform_distance(s.grid, s.unit.pixels)
+    assert s.even_distance(3) == attention.uniform_distance(s.grid, s.unit.pixels, 3)

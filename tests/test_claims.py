@@ -269,3 +269,28 @@ def test_a_claim_cannot_carry_a_verdict_its_estimate_contradicts():
     with pytest.raises(ValueError, match="the rule gives 'inconclusive'"):
         claims.Claim("k", "p", "s", "f", straddle, "", "rule", "reproduced", expect="positive", margin=0.5,
                      margin_reason="r")
+
+
+def test_glue_registry_records_every_claim_as_json():
+    import json
+
+    recorded = {}
+    decided = claims.decide([hyp("rise", t_est(2.0, 0.2)), not_testable("big", "Raghu et al. 2021", "s", "f", "needs ImageNet")])
+    records = claims.glue_registry(decided, glue=lambda name, value, display: recorded.update({name: (value, display)}))
+    text, display = recorded[claims.REGISTRY]
+    assert display is False and json.loads(text) == records
+    assert [list(r) for r in records] == [list(claims.REGISTRY_FIELDS)] * 2
+    assert records[0]["verdict"] == "reproduced" and records[0]["ours"] == decided[0].ours
+    assert records[1] == {"key": "big", "paper": "Raghu et al. 2021", "claim": "s", "ours": "—",
+                          "smallest effect that matters": "—", "test": "needs ImageNet", "verdict": "not testable here"}
+
+
+def test_glue_family_glues_the_count_the_widest_level_and_the_error_rate():
+    recorded = {}
+    decided = claims.decide([hyp("rise", t_est(2.0, 0.2)), hyp("fall", t_est(0.1, 0.05)),
+                             not_testable("big", "p", "s", "f", "needs ImageNet")])
+    note = claims.glue_family(decided, glue=lambda name, value, display: recorded.update({name: value}))
+    assert recorded == {"n_tested": "2", "widest_level": "97.5%", "family_error": "5%"}
+    assert note == "2 claims tested together: intervals Holm-adjusted to a family-wise error of 5%"
+    with pytest.raises(ValueError, match="at least one tested claim"):
+        claims.glue_family(decided[2:], glue=lambda *a, **k: None)

@@ -21,7 +21,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((REPO / "chapters").glob("*.ipynb"))
-PAGES = CHAPTERS + [REPO / "intro.md"]
+# summary/claims.md is written from the chapters' claims records and included by intro.md, so its
+# pastes resolve against the introduction's folder, the repository's root.
+INCLUDED = {REPO / "summary" / "claims.md": REPO}
+PAGES = CHAPTERS + [REPO / "intro.md", *INCLUDED]
 
 PASTE = re.compile(r"\{glue(?::[a-z]+)?\}`([^`]+)`")
 # What is not prose: code, maths, pastes and other roles, link targets, headings and labels.
@@ -57,7 +60,7 @@ def pastes(page: Path) -> list[tuple[Path, str]]:
         if "::" in target:
             doc, key = target.split("::", 1)
             assert ":" in key, f"{page.name}: {target!r} needs a format, e.g. {target + ':s'!r}"
-            notebook = (page.parent / doc).resolve()
+            notebook = (INCLUDED.get(page, page.parent) / doc).resolve()
         else:
             notebook, key = page, target
         found.append((notebook, key.split(":", 1)[0]))

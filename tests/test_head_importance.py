@@ -241,3 +241,17 @@ def test_pruning_curve_rejects_a_bad_batch_size(seeded_model, random_images, ran
     """batch_size=0 raises ValueError naming batch_size, as in the other analyses."""
     with pytest.raises(ValueError, match="batch_size"):
         head_importance.pruning_curve(seeded_model("vit"), random_images(4), random_labels(4), [(0, 0)], [0], batch_size=0)
+
+
+def test_top_share_by_hand():
+    # mean rises 1, 2, 3, 4 (sum 10): heads 3 and 2 carry 0.7, an equal share of two of four is 0.5
+    rows = np.array([[0.0, 2.0, 2.0, 4.0],
+                     [2.0, 2.0, 4.0, 4.0]])
+    assert head_importance.top_share(rows, [3, 2]) == pytest.approx(0.2)
+    assert head_importance.top_share(rows, [0, 1, 2, 3]) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match=r"distinct head indices in \[0, 4\)"):
+        head_importance.top_share(rows, [4])
+    with pytest.raises(ValueError, match="distinct head indices"):
+        head_importance.top_share(rows, [1, 1])
+    with pytest.raises(ValueError, match="summed loss rise must be positive"):
+        head_importance.top_share(-rows, [1])

@@ -327,3 +327,11 @@ def test_logits_without_units_equal_the_model_with_those_blocks_replaced_by_iden
     assert not torch.allclose(got, model(x).detach())
     with pytest.raises(ValueError, match="no removable residual unit named 'stage2.0.conv'"):
         unit_effects.logits_without(model, x, ["stage2.0.conv"])  # downsamples: no identity shortcut
+
+
+def test_smallest_stage_contrast_by_hand():
+    rows = np.array([[1.0, 3.0, -1.0],
+                     [3.0, 1.0, 2.0]])  # stage means 2, 2, 0.5
+    assert unit_effects.smallest_stage_contrast(rows) == 0.5
+    with pytest.raises(ValueError, match=r"\(images, stages\)"):
+        unit_effects.smallest_stage_contrast(np.zeros((3, 0)))

@@ -235,6 +235,11 @@ class UnitStatistics(AboutUnit):
         ``1 / positions``, so ``strength × positions`` reads as "× even attention"."""
         return self.grid * self.grid
 
+    def even_distance(self, window: int | None = None) -> float:
+        """The mean distance of evenly spread attention on this unit's grid (within ``window`` for
+        the local ViTs), in pixels: the reference line of a distance plot (:func:`uniform_distance`)."""
+        return uniform_distance(self.grid, self.unit.pixels, window)
+
 
 def attention_statistics(model: nn.Module, x: torch.Tensor, batch_size: int = 250,
                          device: str | torch.device | None = None, progress: bool = False
@@ -283,8 +288,25 @@ def local_heads(statistics: Sequence[UnitStatistics], window: int | None = None,
     attention on their grid (:func:`uniform_distance`, within ``window`` for the local ViTs)."""
     if not 0 < share <= 1:
         raise ValueError(f"share must lie in (0, 1], got {share!r}")
-    return sum(int((s.head_distance < share * uniform_distance(s.grid, s.unit.pixels, window)).sum())
-               for s in statistics)
+    return sum(int((s.head_distance < share * s.even_distance(window)).sum()) for s in statistics)
+
+
+def spread_contrast(rows: np.ndarray, first_heads: int) -> float:
+    """How much more the heads' distances spread in one unit than in another, from per-image rows.
+
+    ``rows`` is ``(n, H1 + H2)``: per image, the mean distance of each head of the first unit (the
+    first ``first_heads`` columns), then of each head of the second. The statistic is the range
+    (largest − smallest head) of the first unit's mean distances over the rows minus that of the
+    second's: positive when the first unit mixes near and far heads more. A function of whole rows,
+    so a bootstrap can resample images.
+    """
+    rows = np.asarray(rows, dtype=float)
+    if rows.ndim != 2 or not 0 < first_heads < rows.shape[1]:
+        raise ValueError(f"rows must be (images, heads of both units) with 0 < first_heads < columns, "
+                         f"got shape {rows.shape} and first_heads={first_heads!r}")
+    m = rows.mean(axis=0)
+    first, second = m[:first_heads], m[first_heads:]
+    return float((first.max() - first.min()) - (second.max() - second.min()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -240,3 +240,23 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, order: Seq
                       for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
             rows.append(np.concatenate(ok))
     return PruningCurve(np.array(steps), np.stack(rows), list(order))
+
+
+def top_share(rows: np.ndarray, columns: Sequence[int]) -> float:
+    """The share of the summed mean loss rise that the heads ``columns`` carry, minus an equal share.
+
+    ``rows`` is ``(images, heads)``, each head's loss rise when masked, image by image
+    (:meth:`HeadImportance.per_image`). 0 when those heads matter as much as the average head,
+    ``1 - len(columns) / heads`` when they carry all of it. A function of whole rows, so a bootstrap
+    can resample images.
+    """
+    rows = np.asarray(rows, dtype=float)
+    columns = list(columns)
+    if rows.ndim != 2 or not columns or len(set(columns)) != len(columns) \
+            or not all(0 <= c < rows.shape[1] for c in columns):
+        raise ValueError(f"columns must be distinct head indices in [0, {rows.shape[-1]}), got {columns!r}")
+    m = rows.mean(axis=0)
+    total = m.sum()
+    if total <= 0:
+        raise ValueError(f"the heads' summed loss rise must be positive to share it out, got {total:.3g}")
+    return float(m[columns].sum() / total - len(columns) / m.size)

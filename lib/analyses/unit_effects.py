@@ -365,6 +365,19 @@ def stage_contrast(lesion: Lesion, kind: str | None = None) -> StageContrast:
                          first=as_columns(first), last=as_columns(last), blocks_per_stage=counts, kind=kind)
 
 
+def smallest_stage_contrast(rows: np.ndarray) -> float:
+    """The stage-by-stage rule's statistic: over the stages, the smallest mean (first − last) drop.
+
+    ``rows`` is :attr:`StageContrast.per_image` (images × stages), or a resample of its rows: the
+    claim that the damage repeats with every stage holds only if even the smallest stage's contrast
+    is above 0.
+    """
+    rows = np.asarray(rows, dtype=float)
+    if rows.ndim != 2 or rows.shape[1] == 0:
+        raise ValueError(f"rows must be (images, stages) with at least one stage, got shape {rows.shape}")
+    return float(rows.mean(axis=0).min())
+
+
 # --- Skip connections ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)

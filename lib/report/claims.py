@@ -28,6 +28,7 @@ and number as text, so the prose quotes (with ``{glue:text}``) exactly what the 
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -40,8 +41,9 @@ from .stats import MINUS, Estimate, format_level, format_number, holm_levels
 VERDICTS: tuple[str, ...] = ("reproduced", "no meaningful effect", "not reproduced", "inconclusive",
                              "within noise", "not testable here")
 EXPECTS: tuple[str, ...] = ("positive", "negative")
-# What an interval is replicated over: independent training runs, or units within one model.
-REPLICATIONS: tuple[str, ...] = ("training runs", "images", "mini-batches", "directions", "units", "heads")
+# What an interval is replicated over: independent training runs; models of different architectures,
+# each summarised into one value; or units within one model.
+REPLICATIONS: tuple[str, ...] = ("training runs", "models", "images", "mini-batches", "directions", "units", "heads")
 # Below about 20 units a percentile bootstrap has too few distinct resamples for its tails.
 MIN_BOOTSTRAP_UNITS = 20
 ALPHA = 0.05
@@ -409,6 +411,48 @@ def glue_claims(claims: Iterable[Claim], glue: GlueFn | None = None) -> dict[str
     for name, value in glued.items():
         glue(name, value, display=False)
     return glued
+
+
+def glue_family(claims: Iterable[Claim], alpha: float = ALPHA, glue: GlueFn | None = None) -> str:
+    """Glue what the prose says about a chapter's family of claims, and return it as a sentence.
+
+    ``n_tested`` (how many claims have an estimate), ``widest_level`` (the widest Holm-adjusted
+    level among them, "99.2%") and ``family_error`` (``alpha`` as a percentage, "5%"); the sentence
+    is "6 claims tested together: intervals Holm-adjusted to a family-wise error of 5%".
+    """
+    tested = [c for c in _unique(claims) if c.estimate is not None]
+    if not tested:
+        raise ValueError("glue_family needs at least one tested claim (with an estimate)")
+    facts = {"n_tested": str(len(tested)), "widest_level": format_level(max(c.estimate.level for c in tested)),
+             "family_error": f"{100 * alpha:g}%"}
+    for name, text in facts.items():
+        glue_text(name, text, glue)
+    return (f"{facts['n_tested']} claims tested together: intervals Holm-adjusted to a family-wise error of "
+            f"{facts['family_error']}")
+
+
+#: The glue name of a chapter's claims record, which the book's summary of all claims reads.
+REGISTRY = "claims_registry"
+#: The fields of a record, in order.
+REGISTRY_FIELDS: tuple[str, ...] = ("key", "paper", "claim", "ours", SMALLEST_EFFECT, "test", "verdict")
+
+
+def registry_records(claims: Iterable[Claim]) -> list[dict[str, str]]:
+    """One record (strings only) per claim: the row of the book's summary of every claim."""
+    return [{"key": c.key, "paper": c.paper, "claim": c.statement, "ours": c.ours, SMALLEST_EFFECT: c.smallest_effect,
+             "test": c.reason if c.estimate is None else c.test, "verdict": c.verdict} for c in _unique(claims)]
+
+
+def glue_registry(claims: Iterable[Claim], glue: GlueFn | None = None) -> list[dict[str, str]]:
+    """Glue all of a chapter's claims as one JSON text under :data:`REGISTRY`, and return the records.
+
+    ``tools/claims_summary.py`` collects these records from every chapter's stored outputs into the
+    introduction's table of all claims, so a claim a chapter states cannot be missing from it. Call
+    it once per chapter, with every claim of the chapter (tested or not).
+    """
+    records = registry_records(claims)
+    _glue_fn(glue)(REGISTRY, json.dumps(records, ensure_ascii=False), display=False)
+    return records
 
 
 def glue_number(name: str, value: float, digits: int, glue: GlueFn | None = None, unit: str = "",
