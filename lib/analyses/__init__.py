@@ -3,8 +3,9 @@
 * :mod:`~lib.analyses.directions`, :mod:`~lib.analyses.landscape`: loss landscapes (chapter 2);
 * :mod:`~lib.analyses.krylov`, :mod:`~lib.analyses.hessian`: Hessian spectra (chapters 2, 3, 6);
 * :mod:`~lib.analyses.fourier`: which frequencies the units keep (chapters 4, 6);
-* :mod:`~lib.analyses.filters`, :mod:`~lib.analyses.robustness`: band-limited noise and low-pass
-  filtering, and a model's accuracy under them (chapters 4, 6);
+* :mod:`~lib.analyses.filters`, :mod:`~lib.analyses.corruptions`, :mod:`~lib.analyses.robustness`:
+  band-limited noise, low-pass filtering and common corruptions, and a model's accuracy under them
+  (chapters 4, 6);
 * :mod:`~lib.analyses.unit_effects`: what each residual unit does to its stream: feature-map
   variance, lesions, skip-connection ratios (chapters 4–7);
 * :mod:`~lib.analyses.alternet`: AlterNet's build rule (chapter 6);

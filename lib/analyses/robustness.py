@@ -6,6 +6,9 @@
   models. ViTs are said to be robust to high-frequency noise, CNNs not.
 * **Low-pass filtering** (Ghiasi et al. 2022): :func:`low_pass_sweep` measures accuracy against
   the cutoff of :func:`lib.analyses.filters.low_pass`.
+* **Common corruptions** (Park & Kim 2022, Sec. 4, on corrupted data): :func:`corruption_robustness`
+  measures several models on the same images of :func:`lib.analyses.corruptions.corrupt`, every
+  kind at every severity.
 * **Reading the per-image outcomes** that both measurements keep (``correct``):
   :func:`per_image_change` (points, per image), :func:`loss_shares` and :func:`band_share` (a
   model's profile across bands, normalised by its own size (unit L1 norm), so that models of different
@@ -29,7 +32,7 @@ from torch import Tensor, nn
 
 from ..core.metrics import evaluate_per_image
 from ..core.running import check_images, check_labels, check_positive_int, moved_to, progress_bar
-from . import filters
+from . import corruptions, filters
 from .filters import check_eps, check_unit_interval
 from .fourier import TOL
 
@@ -325,6 +328,61 @@ def low_pass_sweep(model: nn.Module, x: Tensor, y: Tensor, cutoffs: Iterable[flo
 # --------------------------------------------------------------------------------------------------
 # Reading the per-image outcomes (``correct`` of both measurements)
 # --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class CorruptionRobustness:
+    """Per-image correctness (1.0 right, 0.0 wrong) of several models on the same corrupted images.
+
+    ``clean[name]`` is ``(n,)``; ``correct[name]`` is ``(kinds, severities, n)``, in the order of
+    ``kinds`` and ``severities``.
+    """
+
+    kinds: tuple[str, ...]
+    severities: tuple[int, ...]
+    clean: dict[str, np.ndarray]
+    correct: dict[str, np.ndarray]
+
+    def accuracy(self, name: str) -> np.ndarray:
+        """Accuracy (%) of model ``name`` per kind and severity, ``(kinds, severities)``."""
+        return 100.0 * self.correct[name].mean(axis=-1)
+
+    def per_image(self, name: str) -> np.ndarray:
+        """Per image, the accuracy (%) of model ``name`` over every corrupted version of it, ``(n,)``:
+        the rows a paired comparison of two models over the same images takes."""
+        return 100.0 * self.correct[name].mean(axis=(0, 1))
+
+
+def corruption_robustness(models: dict[str, nn.Module], x: Tensor, y: Tensor, kinds: Iterable[str] | None = None,
+                          severities: Iterable[int] = corruptions.SEVERITIES, seed: int = 0, batch_size: int = 256,
+                          device: str | torch.device | None = None, progress: bool = False) -> CorruptionRobustness:
+    """Every model of ``models`` on ``x`` clean and corrupted by every kind (default: all of
+    :data:`lib.analyses.corruptions.CORRUPTIONS`) at every severity.
+
+    Each corrupted set is built once (seeded) and shown to every model, so differences between the
+    models are paired image by image. Models run on their own device unless ``device`` names one.
+    """
+    check_images(x)
+    check_labels(x, y)
+    check_positive_int(batch_size, "batch_size")
+    if not models:
+        raise ValueError("corruption_robustness() needs at least one model")
+    kinds = tuple(corruptions.CORRUPTIONS if kinds is None else kinds)
+    severities = tuple(severities)
+    if not kinds or not severities:
+        raise ValueError("corruption_robustness() needs at least one kind and one severity")
+    for kind in kinds:
+        for severity in severities:
+            corruptions.check_corruption(kind, severity)
+    x_cpu = x.cpu()
+    clean = {name: evaluate_per_image(m, x, y, batch_size, device)["correct"] for name, m in models.items()}
+    correct = {name: np.empty((len(kinds), len(severities), len(y))) for name in models}
+    settings = [(k, s) for k in range(len(kinds)) for s in range(len(severities))]
+    for k, s in progress_bar(settings, total=len(settings), desc="corruptions", progress=progress):
+        corrupted = corruptions.corrupt(x_cpu, kinds[k], severities[s], seed)
+        for name, m in models.items():
+            correct[name][k, s] = evaluate_per_image(m, corrupted, y, batch_size, device)["correct"]
+    return CorruptionRobustness(kinds, severities, clean, correct)
+
 
 def _check_correct(correct: object) -> np.ndarray:
     """``correct`` as float64 ``(n_images, 1 + k)``: clean column first, values in [0, 1]."""
