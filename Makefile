@@ -63,7 +63,8 @@ test test-threads execute: export MKL_ENABLE_INSTRUCTIONS := AVX2
 # faster; test files are shared out whole (loadfile) and TEST_WORKERS=0 runs them in one process.
 # The chapters run one at a time on all the threads: their large tensors keep both cores busy, so
 # two one-thread kernels side by side are no faster than one two-thread kernel (measured).
-COLAB_TEST_CHAPTER := chapters/07_representations.ipynb
+# The chapter run alone as on Colab is the quickest one (chapter 5, about two minutes on 2 cores).
+COLAB_TEST_CHAPTER := chapters/05_multistage.ipynb
 TEST_WORKERS ?= 2
 test: setup
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests

@@ -2,7 +2,7 @@
 """Run chapters alone, the way Colab runs them, against the latest packages of the registry.
 
     python tools/colab_check.py                                   # every chapter
-    python tools/colab_check.py chapters/07_representations.ipynb # one (as `make test` does)
+    python tools/colab_check.py chapters/05_multistage.ipynb      # one (as `make test` does)
 
 A chapter that passes the full build can still fail on its own: on Colab it starts from a bare
 folder, with Colab's own (current) torch and torchvision, and must fetch the rest itself. For each
