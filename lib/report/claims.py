@@ -300,10 +300,7 @@ def decide(items: Iterable[Hypothesis | Claim], alpha: float = ALPHA) -> list[Cl
                              "together takes Hypothesis objects and claims not testable here")
         if not isinstance(item, (Hypothesis, Claim)):
             raise ValueError(f"expected Hypothesis or Claim objects, got {type(item).__name__}")
-    keys = [item.key for item in items]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
-    if repeated:
-        raise ValueError(f"claim keys must be unique, repeated: {repeated}")
+    _check_unique_keys(item.key for item in items)
     hypotheses = [item for item in items if isinstance(item, Hypothesis)]
     levels = iter(holm_levels([h.estimate.p for h in hypotheses], alpha) if hypotheses else [])
     m = len(hypotheses)
@@ -357,11 +354,16 @@ def _unique(claims: Iterable[Claim]) -> list[Claim]:
     for c in claims:
         if not isinstance(c, Claim):
             raise ValueError(f"expected Claim objects, got {type(c).__name__}")
-    keys = [c.key for c in claims]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise ValueError(f"claim keys must be unique, repeated: {duplicates}")
+    _check_unique_keys(c.key for c in claims)
     return claims
+
+
+def _check_unique_keys(keys: Iterable[str]) -> None:
+    """A chapter's claim keys name its glue keys, so no two claims may share one."""
+    keys = list(keys)
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"claim keys must be unique, repeated: {repeated}")
 
 
 def _skip_glue(name: str, value: Any, display: bool = True) -> None:
