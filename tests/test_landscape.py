@@ -374,3 +374,38 @@ def test_line_through_centre_cuts_the_row_and_the_column_at_zero():
         along_d1.line_through_centre(0)
     with pytest.raises(ValueError, match="axis must be 0"):
         s.line_through_centre(2)
+
+
+def test_direction_sharpness_equals_its_slices_and_the_exact_curvature():
+    """Each direction's rise is that of a 3-point slice, its curvature dᵀHd: checked against
+    surface_1d and a central difference of the NLL in float64 (a smooth net, so no ReLU kink lies
+    between the points), at T = 1 and at T = 2, with the weights restored."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).eval()
+    x, y = tiny_data(10)
+    dirs = directions.random_directions(model, n=2, seed=3)
+    before = snapshot(model)
+    twin = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).double().eval()
+
+    def nll_at(d, alpha, temperature):
+        with torch.no_grad():
+            for p, w, t in zip(twin.parameters(), model.parameters(), d):
+                p.copy_(w.double() + alpha * t.double())
+            return F.cross_entropy(twin(x.double()) / temperature, y).item()
+
+    for temperature in (1.0, 2.0):
+        got = landscape.direction_sharpness(model, x, y, dirs, temperature=temperature, batch_size=4)
+        assert got.temperature == temperature and got.curvature.shape == (2,)
+        for k, d in enumerate(dirs):
+            line = landscape.surface_1d(model, x, y, d, [-1.0, 0.0, 1.0], temperature=temperature, batch_size=4)
+            assert got.rise_nll[k] == pytest.approx((line.nll[0] + line.nll[2]) / 2 - line.nll[1], rel=1e-9)
+            assert got.rise_loss[k] == pytest.approx((line.loss(True)[0] + line.loss(True)[2]) / 2
+                                                     - line.loss(True)[1], rel=1e-9)
+            h = 1e-3
+            central = (nll_at(d, -h, temperature) - 2 * nll_at(d, 0.0, temperature) + nll_at(d, h, temperature)) / h ** 2
+            assert got.curvature[k] == pytest.approx(central, rel=1e-3)
+        assert got.means()["curvature"] == pytest.approx(got.curvature.mean())
+    assert got.curvature[0] != pytest.approx(got.curvature[1])  # two directions, two answers
+    assert_bit_exact(model, before)
+    with pytest.raises(ValueError, match="at least one direction"):
+        landscape.direction_sharpness(model, x, y, [])

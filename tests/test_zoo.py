@@ -387,3 +387,26 @@ def test_cli_register_goes_to_the_zoo_folder_unless_told(folder, tmp_path, capsy
     assert cli.main(["register", str(path), "--checkpoint-dir", str(folder)]) == 0
     assert "registered vit-synthetic.pt" in capsys.readouterr().out
     assert set(catalog.read_manifest(folder)["checkpoints"]) == {"vit-synthetic"}
+
+
+def _manifest_with(folder, keys):
+    """A manifest in ``folder`` that lists ``keys`` (with the shipped manifest's fields; no files)."""
+    template = next(iter(catalog.read_manifest(must_exist=True)["checkpoints"].values()))
+    folder.mkdir(exist_ok=True)
+    (folder / catalog.MANIFEST_NAME).write_text(json.dumps({"checkpoints": {k: template for k in keys}}))
+    return folder
+
+
+def test_seed_runs_subset_prefers_all_of_the_data_once_every_run_is_trained(tmp_path):
+    def keys(subset, names=("resnet", "vit"), seeds=(0, 1)):
+        return [checkpoints.entry_for(n, subset, s).key for n in names for s in seeds]
+
+    ask = dict(names=("resnet", "vit"), seeds=(0, 1))
+    both = _manifest_with(tmp_path / "both", keys(None) + keys(0.1))
+    assert checkpoints.seed_runs_subset(**ask, checkpoint_dir=both) is None
+    # one full-data run short: the 10% runs, which are all there
+    partial = _manifest_with(tmp_path / "partial", keys(None)[:-1] + keys(0.1))
+    assert checkpoints.seed_runs_subset(**ask, checkpoint_dir=partial) == 0.1
+    lacking = _manifest_with(tmp_path / "lacking", keys(None)[:-1] + keys(0.1)[1:])
+    with pytest.raises(catalog.ZooError, match="missing on 10% of the data: resnet-fashion-mnist-sub10;"):
+        checkpoints.seed_runs_subset(**ask, checkpoint_dir=lacking)

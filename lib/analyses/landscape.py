@@ -32,8 +32,9 @@ from torch import nn
 from tqdm import tqdm  # the type of the progress bar the point loops update
 
 from ..core import data
-from ..core.running import analysis_device, check_positive_int, eval_mode, progress_bar
-from .directions import (trainable_parameters)
+from ..core.running import analysis_device, check_positive_int, eval_mode, moved_to, progress_bar
+from .directions import trainable_parameters
+from .hessian import directional_curvature
 
 
 # --------------------------------------------------------------------------------------------------
@@ -451,3 +452,57 @@ def sharpness(surface: Surface, fit_fraction: float = 0.25) -> dict[str, float]:
     out["rise_nll"] = (out["rise_nll_left"] + out["rise_nll_right"]) / 2
     out["rise_loss"] = (out["rise_loss_left"] + out["rise_loss_right"]) / 2
     return out
+
+
+#: The three points :func:`direction_sharpness` evaluates along each direction: the ends of the
+#: rise (α = ±1) and the centre w₀.
+RISE_POINTS: tuple[float, float, float] = (-1.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class DirectionSharpness:
+    """How sharp one model's minimum is along each of several directions, at one ``temperature``.
+
+    One value per direction, in the order given: ``rise_nll`` and ``rise_loss`` (the NLL, and NLL +
+    weight term, at α = ±1 minus at w₀, the mean of the two ends: :func:`sharpness`'s ``rise_nll``
+    and ``rise_loss``) and ``curvature`` (the exact dᵀHd of the NLL at w₀,
+    :func:`lib.analyses.hessian.directional_curvature`).
+    """
+
+    rise_nll: np.ndarray
+    rise_loss: np.ndarray
+    curvature: np.ndarray
+    temperature: float
+
+    def means(self) -> dict[str, float]:
+        """The mean over the directions of each measure: one model's summary, the unit that is
+        compared between training runs."""
+        return {"rise_nll": float(self.rise_nll.mean()), "rise_loss": float(self.rise_loss.mean()),
+                "curvature": float(self.curvature.mean())}
+
+
+def direction_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        directions: Sequence[Sequence[torch.Tensor]], *, temperature: float = 1.0,
+                        batch_size: int = 256, device: str | torch.device | None = None,
+                        progress: bool = False) -> DirectionSharpness:
+    """The rise at α = ±1 and the exact curvature at w₀ of ``model`` along each of ``directions``.
+
+    What a comparison of sharpness across many models needs and no more: three points per
+    direction (:data:`RISE_POINTS`, through :func:`surface_1d`) and one Hessian-vector product per
+    chunk of images, rather than a whole slice. ``temperature`` divides the logits in both (the
+    matched-fit control); the weight term does not depend on it. Arguments as for
+    :func:`surface_1d`; the weights come back unchanged.
+    """
+    if not directions:
+        raise ValueError("direction_sharpness needs at least one direction")
+    rise_nll, rise_loss, curvature = [], [], []
+    for direction in progress_bar(directions, desc="sharpness", unit="direction", progress=progress):
+        line = surface_1d(model, x, y, direction, RISE_POINTS, batch_size=batch_size, device=device,
+                          temperature=temperature)
+        measured = sharpness(line, fit_fraction=1.0)
+        rise_nll.append(measured["rise_nll"])
+        rise_loss.append(measured["rise_loss"])
+        with moved_to(model, device) as target:
+            curvature.append(directional_curvature(model, x.to(target), y.to(target), direction,
+                                                   batch_size=batch_size, temperature=temperature))
+    return DirectionSharpness(np.array(rise_nll), np.array(rise_loss), np.array(curvature), float(temperature))

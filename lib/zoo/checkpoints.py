@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ..core import models
 from ..core.io import load_half_state_dict
-from .catalog import (CHECKPOINT_DIR, MANIFEST_NAME, Entry, ZooError, catalogued, read_manifest, read_record, sha256,
-                      shown)
+from .catalog import (CHECKPOINT_DIR, HEADLINE_MODELS, HEADLINE_SEEDS, MANIFEST_NAME, Entry, ZooError, catalogued,
+                      read_manifest, read_record, sha256, shown)
 
 STAGES: tuple[str, ...] = ("final", "warmup")
 
@@ -119,3 +119,32 @@ def record(entry: Entry, checkpoint_dir: str | os.PathLike | None = None,
         return None
     return load(entry.model, entry.dataset, entry.subset, seed=entry.seed, layout=entry.layout,
                 checkpoint_dir=checkpoint_dir, device=device)[1]
+
+
+#: The data fractions that train every headline model with every headline seed, in the order
+#: :func:`seed_runs_subset` prefers them: all of the data, then 10%.
+SEED_RUN_SUBSETS: tuple[float | None, ...] = (None, 0.1)
+
+
+def seed_runs_subset(names: Sequence[str] = HEADLINE_MODELS, seeds: Sequence[int] = HEADLINE_SEEDS,
+                     checkpoint_dir: str | os.PathLike | None = None) -> float | None:
+    """The training-data fraction on which the zoo has a run of every model in ``names`` with every
+    seed in ``seeds``: all of the data (``None``) when it has those runs, else 10% (``0.1``).
+
+    A claim about a difference between architectures is replicated over such runs (seeds); the
+    full-data regime is the one the chapters describe, so it is preferred once it is trained, and a
+    chapter that asks here follows the zoo without an edit.
+
+    Raises:
+        ZooError: neither fraction has every run, naming what is missing.
+    """
+    missing = {}
+    for subset in SEED_RUN_SUBSETS:
+        lacking = [entry_for(name, subset, seed).key for name in names for seed in seeds
+                   if not is_trained(entry_for(name, subset, seed), checkpoint_dir)]
+        if not lacking:
+            return subset
+        missing[subset] = lacking
+    raise ZooError("the zoo has no data fraction with a run of every one of " + ", ".join(names) + " for seeds "
+                   + ", ".join(map(str, seeds)) + "; missing on 10% of the data: " + ", ".join(missing[0.1])
+                   + "; train them with `make zoo`")
