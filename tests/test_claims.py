@@ -294,3 +294,18 @@ def test_glue_family_glues_the_count_the_widest_level_and_the_error_rate():
     assert note == "2 claims tested together: intervals Holm-adjusted to a family-wise error of 5%"
     with pytest.raises(ValueError, match="at least one tested claim"):
         claims.glue_family(decided[2:], glue=lambda *a, **k: None)
+
+
+def test_glue_seed_runs_states_the_runs_and_their_data():
+    recorded = {}
+    put = lambda name, value, display: recorded.update({name: value})  # noqa: E731
+    assert claims.glue_seed_runs((0, 1, 2), 0.1, glue=put) == "on 10% of the data"
+    assert recorded == {"n_runs": "3", "run_seeds": "0, 1 and 2", "run_regime": "on 10% of the data"}
+    assert claims.glue_seed_runs([4], None, glue=put) == "on all of the data"
+    assert recorded == {"n_runs": "1", "run_seeds": "4", "run_regime": "on all of the data"}
+    assert claims.regime_text(0.25) == "on 25% of the data"
+    for bad in (1.0, 0, "10%"):
+        with pytest.raises(ValueError, match="subset must be None"):
+            claims.regime_text(bad)
+    with pytest.raises(ValueError, match="at least one seed"):
+        claims.glue_seed_runs([], 0.1, glue=put)

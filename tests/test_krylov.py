@@ -131,3 +131,15 @@ def test_batch_extremes_match_each_batchs_dense_hessian():
     np.testing.assert_allclose(ext.ratio, np.maximum(-ext.lambda_min, 0) / ext.lambda_max)
     with pytest.raises(ValueError, match="batches is empty"):
         hessian.batch_extremes(model, [], progress=False)
+
+
+def test_batch_extremes_means_over_the_first_batches_by_hand():
+    ext = hessian.BatchExtremes(lambda_max=np.array([10.0, 20.0, 40.0]), lambda_min=np.array([-5.0, 1.0, -4.0]),
+                                bound_max=np.zeros(3), bound_min=np.zeros(3), losses=np.array([0.3, 0.5, 1.0]),
+                                n_products=np.array([20, 20, 20]), converged=np.ones(3, dtype=bool), batch_size=8)
+    np.testing.assert_array_equal(ext.negative, [5.0, 0.0, 4.0])  # a positive λ_min is no negative curvature
+    assert ext.means(2) == pytest.approx({"lambda_max": 15.0, "negative": 2.5, "ratio": 0.25, "loss": 0.4})
+    assert ext.means() == pytest.approx({"lambda_max": 70 / 3, "negative": 3.0, "ratio": 0.2, "loss": 0.6})
+    for bad in (0, 4, 1.5):
+        with pytest.raises(ValueError, match="n_batches must be an integer from 1 to 3"):
+            ext.means(bad)

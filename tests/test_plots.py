@@ -96,3 +96,22 @@ def test_interval_bars_span_each_estimates_interval():
     np.testing.assert_allclose(line.get_ydata(), [10.0, -10.0])
     np.testing.assert_allclose([s[:, 1] for s in segments.get_segments()], [[5.0, 20.0], [-30.0, 0.0]])
     plt.close(fig)
+
+
+def test_run_points_put_each_run_at_its_model_filled_or_open():
+    values = {("resnet", 0): 1.0, ("resnet", 1): 2.0, ("vit", 0): 3.0, ("vit", 1): 4.0}
+    matched = {key: v / 2 for key, v in values.items()}
+    fig, ax = plt.subplots()
+    plots.run_points(ax, ["resnet", "vit"], [0, 1], values, matched, log=True)
+    offsets = [c.get_offsets() for c in ax.collections]
+    np.testing.assert_allclose(offsets[0], [[-0.15, 1.0], [-0.15, 2.0]])  # ResNet, T = 1
+    np.testing.assert_allclose(offsets[1], [[0.15, 0.5], [0.15, 1.0]])    # ResNet, matched
+    np.testing.assert_allclose(offsets[3], [[1.15, 1.5], [1.15, 2.0]])    # ViT, matched
+    assert ax.collections[1].get_facecolor().size == 0 or ax.collections[1].get_facecolor()[0][3] == 0  # open
+    assert [t.get_text() for t in ax.get_xticklabels()] == [plots.label("resnet"), plots.label("vit")]
+    assert ax.get_yscale() == "log"
+    fig2, ax2 = plt.subplots()
+    plots.run_points(ax2, ["vit"], [0, 1], values)
+    np.testing.assert_allclose(ax2.collections[0].get_offsets(), [[0.0, 3.0], [0.0, 4.0]])
+    plt.close(fig)
+    plt.close(fig2)

@@ -247,3 +247,11 @@ def test_estimate_format_and_excludes():
 def test_bad_input_is_refused_with_a_clear_message(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_format_range_writes_the_extremes_with_the_books_minus():
+    assert stats.format_range([3.14159, -0.5, 2.0], 2) == "\u22120.50\u20133.14"
+    assert stats.format_range(np.array([[1.0, 4.0], [2.0, 3.0]]), 0, signed=True) == "+1\u2013+4"
+    assert stats.format_range([7.25], 1) == "7.2\u20137.2"
+    with pytest.raises(ValueError, match="at least one value"):
+        stats.format_range([], 2)

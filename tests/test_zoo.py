@@ -410,3 +410,13 @@ def test_seed_runs_subset_prefers_all_of_the_data_once_every_run_is_trained(tmp_
     lacking = _manifest_with(tmp_path / "lacking", keys(None)[:-1] + keys(0.1)[1:])
     with pytest.raises(catalog.ZooError, match="missing on 10% of the data: resnet-fashion-mnist-sub10;"):
         checkpoints.seed_runs_subset(**ask, checkpoint_dir=lacking)
+
+
+def test_load_seed_runs_loads_every_name_with_every_seed_in_order():
+    runs, records = checkpoints.load_seed_runs(["vit", "resnet"], [1, 0], 0.1)
+    assert list(runs) == list(records) == [("vit", 1), ("vit", 0), ("resnet", 1), ("resnet", 0)]
+    assert all(records[name, seed]["seed"] == seed and records[name, seed]["subset"] == 0.1
+               and records[name, seed]["model"] == name for name, seed in records)
+    assert not any(model.training for model in runs.values())
+    with pytest.raises(catalog.ZooError, match="no checkpoint"):
+        checkpoints.load_seed_runs(["vit"], [0], 0.5)

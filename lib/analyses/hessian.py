@@ -322,9 +322,28 @@ class BatchExtremes:
     bound_top: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
+    def negative(self) -> np.ndarray:
+        """|λ_min| per batch where λ_min < 0, else 0: the most negative curvature of each batch."""
+        return np.maximum(-self.lambda_min, 0.0)
+
+    @property
     def ratio(self) -> np.ndarray:
         """|λ_min| / λ_max per batch (0 where λ_min ≥ 0): negative curvature against the sharpest."""
-        return np.maximum(-self.lambda_min, 0.0) / self.lambda_max
+        return self.negative / self.lambda_max
+
+    def means(self, n_batches: int | None = None) -> dict[str, float]:
+        """The means over the first ``n_batches`` batches (all when ``None``) of λ_max, |λ_min|
+        (:attr:`negative`), |λ_min| / λ_max (:attr:`ratio`) and the batch loss: one network's
+        summary, the unit compared between training runs. Probes drawn by
+        :func:`probe_batches` share their first batches whatever their number, so the first
+        ``n`` batches of two series probed with one seed are the same batches.
+        """
+        if n_batches is not None and not (isinstance(n_batches, int) and 1 <= n_batches <= len(self.lambda_max)):
+            raise ValueError(f"n_batches must be an integer from 1 to {len(self.lambda_max)} (the batches probed), "
+                             f"got {n_batches!r}")
+        n = slice(None) if n_batches is None else slice(n_batches)
+        return {"lambda_max": float(self.lambda_max[n].mean()), "negative": float(self.negative[n].mean()),
+                "ratio": float(self.ratio[n].mean()), "loss": float(self.losses[n].mean())}
 
 
 def batch_extremes(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], tol: float = 1e-3,

@@ -481,3 +481,32 @@ def glue_text(name: str, text: str, glue: GlueFn | None = None) -> None:
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text glued as {name!r} must be a non-empty string, got {text!r}")
     _glue_fn(glue)(name, text, display=False)
+
+
+def regime_text(subset: float | None) -> str:
+    """How much of the training data a zoo run saw, for prose: ``None`` -> "on all of the data",
+    ``0.1`` -> "on 10% of the data"."""
+    if subset is None:
+        return "on all of the data"
+    if not (isinstance(subset, float) and 0 < subset < 1):
+        raise ValueError(f"subset must be None (all of the data) or a fraction in (0, 1), got {subset!r}")
+    return f"on {subset:.0%} of the data"
+
+
+def glue_seed_runs(seeds: Iterable[int], subset: float | None, glue: GlueFn | None = None) -> str:
+    """Glue what a chapter's training runs are, for its prose: ``n_runs`` (how many seeds),
+    ``run_seeds`` ("0, 1 and 2") and ``run_regime`` (:func:`regime_text`); returns the regime text.
+
+    Chapters that compare architectures over runs (seeds) state them with these three pastes, so
+    retraining the zoo with other seeds or on all of the data rewrites the prose too.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("glue_seed_runs needs at least one seed")
+    regime = regime_text(subset)
+    fn = _glue_fn(glue)
+    glue_text("n_runs", str(len(seeds)), fn)
+    glue_text("run_seeds", str(seeds[0]) if len(seeds) == 1
+              else ", ".join(map(str, seeds[:-1])) + " and " + str(seeds[-1]), fn)
+    glue_text("run_regime", regime, fn)
+    return regime

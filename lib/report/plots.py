@@ -5,7 +5,7 @@ are shaded grey, subsampling (stage changes) blue.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -13,6 +13,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 MODEL_COLORS: dict[str, str] = {
     "resnet": "#1f77b4", "vit": "#d62728", "vit_local3": "#ff9896", "vit_local5": "#e377c2",
@@ -155,6 +156,27 @@ def hessian_ends(ax_strips: Axes, ax_ends: Axes, spectra: dict[str, Any], colors
     ax_ends.set(xlabel="λ_max of the batch (log scale)", ylabel="−λ_min (symlog scale)")
     ax_ends.set_title("Both ends, certified: one dot per mini-batch", fontsize=10)
     ax_ends.legend(fontsize=8.5)
+
+
+def run_points(ax: Axes, names: Sequence[str], seeds: Sequence[int], values: Mapping[tuple[str, int], float],
+               matched: Mapping[tuple[str, int], float] | None = None, log: bool = False) -> Axes:
+    """One point per training run: for each model of ``names`` (along x, labelled), the
+    ``values[name, seed]`` of its runs as filled points in the model's colour and, when given, the
+    ``matched[name, seed]`` values (e.g. at matched fit) as open points beside them. ``log`` puts
+    the y axis on a log scale."""
+    for k, name in enumerate(names):
+        color = MODEL_COLORS[name]
+        series = [(0.0, values, color)] if matched is None else [(-0.15, values, color), (0.15, matched, "none")]
+        for shift, results, face in series:
+            points = [results[name, seed] for seed in seeds]
+            ax.scatter(np.full(len(points), k + shift), points, s=30, facecolors=face, edgecolors=color)
+    ax.set_xticks(range(len(names)), [label(n) for n in names])
+    if log:
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 4 rather than 4×10⁰
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+    return ax
 
 
 def shade_units(ax: Axes, units: Sequence[Any]) -> None:

@@ -62,6 +62,15 @@ def format_number(x: float, digits: int = 2, signed: bool = True) -> str:
     return ("+" if signed else "") + text
 
 
+def format_range(values: Sequence[float], digits: int = 2, signed: bool = False) -> str:
+    """The smallest and the largest of ``values`` as ``"lo–hi"`` (an en dash), each written by
+    :func:`format_number`: the spread of a quantity over runs, batches or directions in prose."""
+    arr = np.asarray(values, dtype=float).ravel()
+    if arr.size == 0:
+        raise ValueError("format_range needs at least one value")
+    return f"{format_number(arr.min(), digits, signed)}–{format_number(arr.max(), digits, signed)}"
+
+
 def format_level(level: float) -> str:
     """``0.95`` -> ``"95%"``, ``0.975`` -> ``"97.5%"``, a Holm level ``0.99375`` -> ``"99.4%"``.
 

@@ -148,3 +148,17 @@ def seed_runs_subset(names: Sequence[str] = HEADLINE_MODELS, seeds: Sequence[int
     raise ZooError("the zoo has no data fraction with a run of every one of " + ", ".join(names) + " for seeds "
                    + ", ".join(map(str, seeds)) + "; missing on 10% of the data: " + ", ".join(missing[0.1])
                    + "; train them with `make zoo`")
+
+
+def load_seed_runs(names: Sequence[str], seeds: Sequence[int], subset: float | None,
+                   device: str | torch.device = "cpu", checkpoint_dir: str | os.PathLike | None = None
+                   ) -> tuple[dict[tuple[str, int], nn.Module], dict[tuple[str, int], dict[str, Any]]]:
+    """Every model in ``names`` with every seed in ``seeds`` trained on ``subset`` (e.g. from
+    :func:`seed_runs_subset`), loaded and verified as :func:`load` does: ``(models, records)``,
+    both keyed by ``(name, seed)`` in the order of ``names``, then ``seeds``."""
+    models_, records = {}, {}
+    for name in names:
+        for seed in seeds:
+            models_[name, seed], records[name, seed] = load(name, subset=subset, seed=seed, device=device,
+                                                            checkpoint_dir=checkpoint_dir)
+    return models_, records
