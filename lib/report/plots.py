@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 MODEL_COLORS: dict[str, str] = {
     "resnet": "#1f77b4", "vit": "#d62728", "vit_local3": "#ff9896", "vit_local5": "#e377c2",
@@ -173,9 +173,9 @@ def run_points(ax: Axes, names: Sequence[str], seeds: Sequence[int], values: Map
     ax.set_xticks(range(len(names)), [label(n) for n in names])
     if log:
         ax.set_yscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 4 rather than 4×10⁰
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, ...
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 5 rather than 5×10⁰
+        ax.yaxis.set_minor_formatter(NullFormatter())
     return ax
 
 
