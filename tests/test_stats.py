@@ -255,3 +255,15 @@ def test_format_range_writes_the_extremes_with_the_books_minus():
     assert stats.format_range([7.25], 1) == "7.2\u20137.2"
     with pytest.raises(ValueError, match="at least one value"):
         stats.format_range([], 2)
+
+
+def test_welch_borrowed_takes_the_pooled_deviation_and_its_degrees_of_freedom():
+    reference = [[1.0, 2.0, 3.0], [10.0, 12.0]]  # squares 2 + 2 over df 2 + 1: sd = sqrt(4 / 3)
+    e = stats.welch_borrowed([5.0], [4.0], reference)
+    sd = math.sqrt(4 / 3)
+    assert e.value == pytest.approx(1.0) and e.df == 3
+    half = scipy_stats.t.ppf(0.975, 3) * sd * math.sqrt(2)
+    assert (e.low, e.high) == pytest.approx((1 - half, 1 + half))
+    assert e == stats.welch_known_sd([5.0], [4.0], sd, sd, 3, 3, shared=True)
+    with pytest.raises(ValueError, match="at least two values"):
+        stats.welch_borrowed([5.0], [4.0], [[1.0]])

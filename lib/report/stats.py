@@ -285,6 +285,21 @@ def welch_known_sd(a: Sequence[float], b: Sequence[float], sd_a: float, sd_b: fl
     return _t_estimate(diff, math.sqrt(ua + ub), df, level, n, f"Welch t, {kind}, df = {format_df(df)}")
 
 
+def welch_borrowed(a: Sequence[float], b: Sequence[float], reference: Sequence[Sequence[float]],
+                   level: float = 0.95) -> Estimate:
+    """``mean(a) - mean(b)`` for networks with too few training runs of their own (often one each),
+    both borrowing one seed-to-seed deviation: :func:`pooled_std` over the ``reference`` groups
+    (runs of related models, the same measure), with ``sum(n_g - 1)`` degrees of freedom.
+
+    :func:`welch_known_sd` with ``shared=True``: the standard error is ``sd · sqrt(1/n_a + 1/n_b)``
+    and the t has the reference's degrees of freedom, however many values ``a`` and ``b`` hold.
+    Which runs lend their deviation is the caller's claim to state ("the ViT's three runs on 10%").
+    """
+    sd = pooled_std(reference)
+    df = sum(len(g) - 1 for g in reference)
+    return welch_known_sd(a, b, sd, sd, df, df, level, shared=True)
+
+
 def paired(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Estimate:
     """``mean(a - b)`` for paired values (same images, same noise draw, same batches), df = n - 1.
 
