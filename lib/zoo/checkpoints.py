@@ -145,9 +145,10 @@ def seed_runs_subset(names: Sequence[str] = HEADLINE_MODELS, seeds: Sequence[int
         if not lacking:
             return subset
         missing[subset] = lacking
+    smallest = SEED_RUN_SUBSETS[-1]
     raise ZooError("the zoo has no data fraction with a run of every one of " + ", ".join(names) + " for seeds "
-                   + ", ".join(map(str, seeds)) + "; missing on 10% of the data: " + ", ".join(missing[0.1])
-                   + "; train them with `make zoo`")
+                   + ", ".join(map(str, seeds)) + f"; missing on {smallest:.0%} of the data: "
+                   + ", ".join(missing[smallest]) + "; train them with `make zoo`")
 
 
 def load_seed_runs(names: Sequence[str], seeds: Sequence[int], subset: float | None,
