@@ -454,20 +454,14 @@ def sharpness(surface: Surface, fit_fraction: float = 0.25) -> dict[str, float]:
     return out
 
 
-#: The three points :func:`direction_sharpness` evaluates along each direction: the ends of the
-#: rise (α = ±1) and the centre w₀.
-RISE_POINTS: tuple[float, float, float] = (-1.0, 0.0, 1.0)
+RISE_POINTS: tuple[float, float, float] = (-1.0, 0.0, 1.0)  #: the ends of the rise and w₀ (direction_sharpness)
 
 
 @dataclass(frozen=True)
 class DirectionSharpness:
-    """How sharp one model's minimum is along each of several directions, at one ``temperature``.
-
-    One value per direction, in the order given: ``rise_nll`` and ``rise_loss`` (the NLL, and NLL +
-    weight term, at α = ±1 minus at w₀, the mean of the two ends: :func:`sharpness`'s ``rise_nll``
-    and ``rise_loss``) and ``curvature`` (the exact dᵀHd of the NLL at w₀,
-    :func:`lib.analyses.hessian.directional_curvature`).
-    """
+    """How sharp one model's minimum is along each of several directions, at one ``temperature``:
+    per direction, :func:`sharpness`'s ``rise_nll`` and ``rise_loss`` (the mean rise at α = ±1 of
+    the NLL, and of NLL + weight term) and ``curvature``, the exact dᵀHd of the NLL at w₀."""
 
     rise_nll: np.ndarray
     rise_loss: np.ndarray
@@ -485,14 +479,10 @@ def direction_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                         directions: Sequence[Sequence[torch.Tensor]], *, temperature: float = 1.0,
                         batch_size: int = 256, device: str | torch.device | None = None,
                         progress: bool = False) -> DirectionSharpness:
-    """The rise at α = ±1 and the exact curvature at w₀ of ``model`` along each of ``directions``.
-
-    What a comparison of sharpness across many models needs and no more: three points per
-    direction (:data:`RISE_POINTS`, through :func:`surface_1d`) and one Hessian-vector product per
-    chunk of images, rather than a whole slice. ``temperature`` divides the logits in both (the
-    matched-fit control); the weight term does not depend on it. Arguments as for
-    :func:`surface_1d`; the weights come back unchanged.
-    """
+    """The rise at α = ±1 and the exact curvature at w₀ of ``model`` along each of ``directions``:
+    what comparing many models needs, three points per direction (:func:`surface_1d`) and one
+    Hessian-vector product per chunk of images. ``temperature`` divides the logits in both (the
+    matched-fit control). Arguments as for :func:`surface_1d`; the weights come back unchanged."""
     if not directions:
         raise ValueError("direction_sharpness needs at least one direction")
     rise_nll, rise_loss, curvature = [], [], []

@@ -230,7 +230,6 @@ def margin_rule_text(expect: str, margin: float, unit: str, digits: int, level: 
             f"otherwise ({described})")
 
 
-
 @dataclass(frozen=True)
 class Hypothesis:
     """A paper's claim stated as a test, before the chapter's family is decided by :func:`decide`.
@@ -484,8 +483,7 @@ def glue_text(name: str, text: str, glue: GlueFn | None = None) -> None:
 
 
 def regime_text(subset: float | None) -> str:
-    """How much of the training data a zoo run saw, for prose: ``None`` -> "on all of the data",
-    ``0.1`` -> "on 10% of the data"."""
+    """The training data of a zoo run, for prose: ``None`` -> "on all of the data", ``0.1`` -> "on 10% of the data"."""
     if subset is None:
         return "on all of the data"
     if not (isinstance(subset, float) and 0 < subset < 1):
@@ -494,12 +492,8 @@ def regime_text(subset: float | None) -> str:
 
 
 def glue_seed_runs(seeds: Iterable[int], subset: float | None, glue: GlueFn | None = None) -> str:
-    """Glue what a chapter's training runs are, for its prose: ``n_runs`` (how many seeds),
-    ``run_seeds`` ("0, 1 and 2") and ``run_regime`` (:func:`regime_text`); returns the regime text.
-
-    Chapters that compare architectures over runs (seeds) state them with these three pastes, so
-    retraining the zoo with other seeds or on all of the data rewrites the prose too.
-    """
+    """Glue a chapter's training runs for its prose, so that a retrained zoo rewrites it: ``n_runs``,
+    ``run_seeds`` ("0, 1 and 2") and ``run_regime`` (:func:`regime_text`, also returned)."""
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("glue_seed_runs needs at least one seed")
