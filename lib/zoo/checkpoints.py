@@ -140,8 +140,8 @@ def seed_runs_subset(names: Sequence[str] = HEADLINE_MODELS, seeds: Sequence[int
     """
     missing = {}
     for subset in SEED_RUN_SUBSETS:
-        lacking = [entry_for(name, subset, seed).key for name in names for seed in seeds
-                   if not is_trained(entry_for(name, subset, seed), checkpoint_dir)]
+        entries = [entry_for(name, subset, seed) for name in names for seed in seeds]
+        lacking = [entry.key for entry in entries if not is_trained(entry, checkpoint_dir)]
         if not lacking:
             return subset
         missing[subset] = lacking
